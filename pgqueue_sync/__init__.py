@@ -1,0 +1,70 @@
+"""pgqueue_sync: a synchronous, threaded PostgreSQL job queue sharing PgQueuer 1.6's schema."""
+
+from __future__ import annotations
+
+import logging
+
+from ._version import __version__
+from .drivers import SyncPsycopgDriver, SyncPsycopgPoolDriver
+from .errors import (
+    AlreadyInstalledError,
+    ConfigurationError,
+    ConnectionFailed,
+    DatabaseError,
+    DuplicateJobError,
+    FailingListenerError,
+    PgqException,
+    RetryException,
+    RetryRequested,
+    SchemaError,
+    SchemaNotInstalledError,
+)
+from .models import (
+    CancellationEvent,
+    HealthCheckEvent,
+    Job,
+    Log,
+    LogStatistics,
+    QueueStatistics,
+    Schedule,
+    TableChangedEvent,
+    TracebackRecord,
+)
+from .queries import EntrypointExecutionParameter, Queries
+from .settings import DBSettings, db_settings
+from .types import Durability, JobId, QueueExecutionMode
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "AlreadyInstalledError",
+    "CancellationEvent",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "DBSettings",
+    "DatabaseError",
+    "DuplicateJobError",
+    "Durability",
+    "EntrypointExecutionParameter",
+    "FailingListenerError",
+    "HealthCheckEvent",
+    "Job",
+    "JobId",
+    "Log",
+    "LogStatistics",
+    "PgqException",
+    "Queries",
+    "QueueExecutionMode",
+    "QueueStatistics",
+    "RetryException",
+    "RetryRequested",
+    "Schedule",
+    "SchemaError",
+    "SchemaNotInstalledError",
+    "SyncPsycopgDriver",
+    "SyncPsycopgPoolDriver",
+    "TableChangedEvent",
+    "TracebackRecord",
+    "__version__",
+    "db_settings",
+]

@@ -1,0 +1,83 @@
+"""The driver protocol and the translation of psycopg errors into ours.
+
+A driver only runs SQL: it knows nothing about jobs, threads or schedules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from ..errors import (
+    ConnectionFailed,
+    DatabaseError,
+    DeadlockDetected,
+    SchemaNotInstalledError,
+    UniqueViolation,
+)
+
+Params = Mapping[str, Any] | Sequence[Any] | None
+Row = dict[str, Any]
+Query = sql.SQL | sql.Composed
+
+
+class Driver(Protocol):
+    """What :class:`~pgqueue_sync.queries.Queries` needs from a database connection.
+
+    Every method blocks until the statement has run. Errors are raised as
+    :class:`~pgqueue_sync.errors.DatabaseError` subclasses.
+    """
+
+    def fetch(self, query: Query, params: Params = None) -> list[Row]:
+        """Run one statement and return its rows as dicts (``[]`` if it returns none)."""
+        ...
+
+    def execute(self, query: Query, params: Params = None) -> None:
+        """Run one statement and discard any result."""
+        ...
+
+    def transaction(self) -> contextlib.AbstractContextManager[Driver]:
+        """A block whose statements run on one connection and commit together.
+
+        Drivers bound to a caller's transaction join it instead: they never
+        commit or roll back on the caller's behalf.
+        """
+        ...
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise psycopg errors as :mod:`pgqueue_sync.errors` classes (``from`` the original)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+def translate(exc: psycopg.Error) -> DatabaseError:
+    """The pgqueue_sync error for a psycopg error; the caller chains it with ``from``."""
+    message = _first_line(exc)
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, pg_errors.UniqueViolation):
+        return UniqueViolation(message, constraint_name=exc.diag.constraint_name)
+    if isinstance(exc, pg_errors.DeadlockDetected):
+        return DeadlockDetected(message, sqlstate=sqlstate)
+    if isinstance(exc, (pg_errors.UndefinedTable, pg_errors.UndefinedObject)):
+        return SchemaNotInstalledError(
+            f"{message}; is the queue schema installed? run 'pgq-sync install' "
+            "(and check PGQUEUER_PREFIX / PGQUEUER_SCHEMA)",
+            sqlstate=sqlstate,
+        )
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.QueryCanceled):
+        return ConnectionFailed(message, sqlstate=sqlstate)
+    return DatabaseError(message, sqlstate=sqlstate)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,134 @@
+"""Drivers over a psycopg 3 connection or a psycopg_pool pool."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from ..errors import ConnectionFailed
+from .base import Driver, Params, Query, Row, translate_errors
+
+
+class SyncPsycopgDriver:
+    """Runs statements on one psycopg connection; thread-safe.
+
+    On an autocommit connection each statement commits by itself and
+    :meth:`transaction` opens a real transaction. On a connection that is not in
+    autocommit mode the driver **joins the caller's transaction**: statements
+    run inside it, and the driver never commits, rolls back, opens
+    ``conn.transaction()`` or changes autocommit. Jobs enqueued that way become
+    visible, and wake workers, when the caller commits; a rollback leaves no
+    job and no notification. (psycopg begins that transaction implicitly on
+    the first statement if none is open yet, so the caller must commit.)
+
+    The driver does not close the connection.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        if connection.closed:
+            raise ConnectionFailed("the psycopg connection is closed; pass an open connection")
+        self.connection = connection
+        # An RLock, so a transaction() block can call fetch() on the same thread.
+        self._lock = threading.RLock()
+
+    @property
+    def joins_caller_transaction(self) -> bool:
+        """True when statements run inside a transaction that the caller owns."""
+        return not self.connection.autocommit
+
+    def fetch(self, query: Query, params: Params = None) -> list[Row]:
+        """Run one statement; see :meth:`Driver.fetch`."""
+        with self._lock, translate_errors():
+            return _fetch(self.connection, query, params)
+
+    def execute(self, query: Query, params: Params = None) -> None:
+        """Run one statement and discard its rows."""
+        self.fetch(query, params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Driver]:
+        """Hold the connection for a block that commits (or rolls back) as one.
+
+        In a caller's transaction this only holds the lock: the caller commits.
+        """
+        with self._lock:
+            if self.joins_caller_transaction:
+                yield self
+                return
+            with translate_errors(), self.connection.transaction():
+                yield self
+
+
+class SyncPsycopgPoolDriver:
+    """Runs each statement on a connection borrowed from a ``psycopg_pool.ConnectionPool``.
+
+    Thread-safe. Each statement commits on its own; :meth:`transaction` keeps
+    one connection for the whole block. Borrowing waits at most the pool's
+    ``timeout`` and raises :class:`~pgqueue_sync.errors.ConnectionFailed`.
+    """
+
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    def fetch(self, query: Query, params: Params = None) -> list[Row]:
+        """Run one statement on a pooled connection and return its rows."""
+        with translate_errors(), self.pool.connection() as conn:
+            return _fetch(conn, query, params)
+
+    def execute(self, query: Query, params: Params = None) -> None:
+        """Run one statement and discard its rows."""
+        self.fetch(query, params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Driver]:
+        """Borrow one connection and run the block in a single transaction."""
+        with translate_errors(), self.pool.connection() as conn:
+            if conn.autocommit:
+                with conn.transaction():
+                    yield SyncPsycopgDriver(conn)
+            else:
+                # pool.connection() commits on a clean exit and rolls back on error.
+                yield SyncPsycopgDriver(conn)
+
+
+def _fetch(conn: psycopg.Connection[Any], query: Query, params: Params) -> list[Row]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+def connect(conninfo: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a psycopg connection (autocommit by default), raising :class:`ConnectionFailed`.
+
+    The message names the target without its password.
+    """
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit, **kwargs)
+    except psycopg.Error as exc:
+        raise ConnectionFailed(
+            f"cannot connect to PostgreSQL ({describe_conninfo(conninfo)}): {_brief(exc)}; "
+            "check --dsn / PGQUEUE_SYNC_DSN and that the server is running"
+        ) from exc
+
+
+def describe_conninfo(conninfo: str) -> str:
+    """A password-free ``host:port/dbname`` description of a DSN, for messages."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "an unparsable DSN"
+    host = params.get("host") or "localhost (default)"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or params.get("user") or "(default database)"
+    return f"{host}:{port}/{dbname}"
+
+
+def _brief(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

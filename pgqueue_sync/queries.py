@@ -1,0 +1,575 @@
+"""``Queries``: one blocking method per queue operation, PgQueuer's names in sync form.
+
+No threads live here. Each method is one statement (one round trip) unless its
+docstring says otherwise, and is safe to call from several threads at once when
+the driver is (both psycopg drivers are).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal, overload
+
+from psycopg.types.json import Jsonb
+
+from .drivers.base import Driver
+from .errors import ConfigurationError, DeadlockDetected, DuplicateJobError, UniqueViolation
+from .models import (
+    CancellationEvent,
+    HealthCheckEvent,
+    Job,
+    Log,
+    LogStatistics,
+    QueueStatistics,
+    Schedule,
+    TracebackRecord,
+    dump_event,
+    utc_now,
+)
+from .settings import DBSettings, db_settings
+from .sql.statements import Statements
+from .types import (
+    JOB_STATUS,
+    JOB_STATUSES,
+    ON_CONFLICT_MODES,
+    CronEntrypoint,
+    CronExpression,
+    HealthCheckId,
+    JobId,
+    OnConflict,
+    QueueManagerId,
+    ScheduleId,
+)
+
+logger = logging.getLogger(__name__)
+
+_INT32 = (-(2**31), 2**31 - 1)
+ExecuteAfter = timedelta | datetime | None
+Headers = Mapping[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EntrypointExecutionParameter:
+    """What the claim needs to know about one entrypoint: its fleet-wide limit (0 = none)."""
+
+    concurrency_limit: int = 0
+
+
+class Queries:
+    """The queue's operations over a :class:`~pgqueue_sync.drivers.Driver`.
+
+    Example::
+
+        conn = psycopg.connect(dsn, autocommit=True)
+        queries = Queries(SyncPsycopgDriver(conn))
+        [job_id] = queries.enqueue("send_email", b'{"to": "a@example.com"}')
+
+    ``settings`` defaults to the process-wide names read from ``PGQUEUER_*``.
+    """
+
+    def __init__(self, driver: Driver, *, settings: DBSettings | None = None) -> None:
+        self.driver = driver
+        self.settings = settings or db_settings()
+        self.statements = Statements(self.settings)
+
+    @classmethod
+    def from_connection(cls, connection: Any, *, settings: DBSettings | None = None) -> Queries:
+        """Queries over one psycopg connection (see :class:`SyncPsycopgDriver`)."""
+        from .drivers.psycopg import SyncPsycopgDriver
+
+        return cls(SyncPsycopgDriver(connection), settings=settings)
+
+    @classmethod
+    def from_pool(cls, pool: Any, *, settings: DBSettings | None = None) -> Queries:
+        """Queries over a ``psycopg_pool.ConnectionPool``."""
+        from .drivers.psycopg import SyncPsycopgPoolDriver
+
+        return cls(SyncPsycopgPoolDriver(pool), settings=settings)
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    @overload
+    def enqueue(
+        self,
+        entrypoint: str | Sequence[str],
+        payload: bytes | None | Sequence[bytes | None] = ...,
+        priority: int | Sequence[int] = ...,
+        execute_after: ExecuteAfter | Sequence[ExecuteAfter] = ...,
+        dedupe_key: str | None | Sequence[str | None] = ...,
+        headers: Headers | Sequence[Headers] = ...,
+        *,
+        on_conflict: Literal["raise", "update_priority"] = ...,
+    ) -> list[JobId]: ...
+
+    @overload
+    def enqueue(
+        self,
+        entrypoint: str | Sequence[str],
+        payload: bytes | None | Sequence[bytes | None] = ...,
+        priority: int | Sequence[int] = ...,
+        execute_after: ExecuteAfter | Sequence[ExecuteAfter] = ...,
+        dedupe_key: str | None | Sequence[str | None] = ...,
+        headers: Headers | Sequence[Headers] = ...,
+        *,
+        on_conflict: Literal["skip"],
+    ) -> list[JobId | None]: ...
+
+    def enqueue(
+        self,
+        entrypoint: str | Sequence[str],
+        payload: bytes | None | Sequence[bytes | None] = None,
+        priority: int | Sequence[int] = 0,
+        execute_after: ExecuteAfter | Sequence[ExecuteAfter] = None,
+        dedupe_key: str | None | Sequence[str | None] = None,
+        headers: Headers | Sequence[Headers] = None,
+        *,
+        on_conflict: OnConflict = "raise",
+    ) -> list[JobId] | list[JobId | None]:
+        """Insert one job (scalar arguments) or a batch (lists of equal length) atomically.
+
+        ``execute_after`` is a delay (``timedelta``, from the database's ``NOW()``)
+        or an aware ``datetime``. ``dedupe_key`` is unique among queued and picked
+        jobs; ``on_conflict`` decides what a duplicate does:
+
+        * ``"raise"``: :class:`DuplicateJobError`, and nothing of the batch is inserted;
+        * ``"skip"``: the duplicate is left out and its position in the result is ``None``;
+        * ``"update_priority"``: the existing job keeps its id and gets the higher priority.
+
+        Returns the job ids in input order. On a connection inside the caller's
+        transaction the jobs (and the workers' wake-up) appear at commit; a
+        duplicate in ``"raise"`` mode then aborts that transaction, as any
+        integrity error does.
+        """
+        rows = _normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
+        _check_conflict_mode(on_conflict, rows["dedupe_key"])
+        params = {**rows, "sequence": self.statements.sequence_name}
+        try:
+            result = self.driver.fetch(self.statements.enqueue(on_conflict), params)
+        except UniqueViolation as exc:
+            if exc.constraint_name == self.settings.index_name("unique_dedupe_key"):
+                raise DuplicateJobError(rows["dedupe_key"]) from exc
+            raise
+        ids = [None if r["id"] is None else JobId(r["id"]) for r in result]
+        if on_conflict == "skip":
+            return ids
+        return [JobId(i) for i in ids if i is not None]
+
+    # -- dequeue ---------------------------------------------------------------------------
+
+    def dequeue(
+        self,
+        batch_size: int,
+        entrypoints: Mapping[str, EntrypointExecutionParameter | int],
+        queue_manager_id: QueueManagerId | uuid.UUID,
+        global_concurrency_limit: int | None,
+        heartbeat_timeout: timedelta,
+    ) -> list[Job]:
+        """Claim up to ``batch_size`` jobs for ``queue_manager_id`` and log them ``picked``.
+
+        Jobs come in ``priority DESC, id ASC`` order, each entrypoint scanned
+        separately. Honours each entrypoint's fleet-wide ``concurrency_limit``
+        (seats in ``slot``), the worker's own budget ``global_concurrency_limit``
+        (``None``/0: none), and re-picks ``picked`` jobs whose heartbeat is older
+        than ``heartbeat_timeout``. Losing a seat race to another worker returns
+        an empty list, never an error.
+        """
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        if not entrypoints:
+            return []
+        names = list(entrypoints)
+        limits = [_limit_of(entrypoints[name]) for name in names]
+        budget = global_concurrency_limit or None
+        query = self.statements.dequeue(capacity=any(limits), budget=budget is not None)
+        params = {
+            "batch": batch_size,
+            "entrypoints": names,
+            "limits": limits,
+            "queue_manager_id": queue_manager_id,
+            "budget": budget,
+            "heartbeat_timeout": heartbeat_timeout,
+        }
+        try:
+            rows = self.driver.fetch(query, params)
+        except UniqueViolation as exc:
+            if exc.constraint_name != self.settings.index_name("picked_slot_idx"):
+                raise
+            logger.debug("dequeue lost a concurrency seat race; treating as an empty batch")
+            return []
+        except DeadlockDetected:
+            logger.debug("dequeue deadlocked with another claim; treating as an empty batch")
+            return []
+        return [Job.from_row(row) for row in rows]
+
+    # -- completion ------------------------------------------------------------------------
+
+    def log_jobs(
+        self, job_status: Iterable[tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]]
+    ) -> list[JobId]:
+        """Record outcomes in one statement: delete (or hold as ``failed``) and log.
+
+        Jobs whose row is already gone (e.g. cancelled meanwhile) are skipped
+        without a log row. Returns the ids that were logged.
+        """
+        ids: list[int] = []
+        statuses: list[str] = []
+        tracebacks: list[Jsonb | None] = []
+        for job, status, record in job_status:
+            _check_status(status)
+            ids.append(int(job.id if isinstance(job, Job) else job))
+            statuses.append(status)
+            tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
+        if not ids:
+            return []
+        params = {"ids": ids, "statuses": statuses, "tracebacks": tracebacks}
+        rows = self.driver.fetch(self.statements.log_jobs, params)
+        return [JobId(r["job_id"]) for r in rows]
+
+    def retry_job(
+        self,
+        job: Job | JobId | int,
+        delay: timedelta,
+        traceback_record: TracebackRecord | None = None,
+    ) -> bool:
+        """Re-queue one job after ``delay`` with ``attempts + 1``; False if the row is gone."""
+        params = {
+            "id": int(job.id if isinstance(job, Job) else job),
+            "delay": delay,
+            "traceback": Jsonb(traceback_record.to_json()) if traceback_record else None,
+        }
+        return bool(self.driver.fetch(self.statements.retry_job, params))
+
+    def requeue_jobs(self, ids: Iterable[int]) -> list[JobId]:
+        """Re-queue held (``failed``) jobs with ``attempts`` reset; returns those changed.
+
+        Ids that are not held jobs are ignored.
+        """
+        rows = self.driver.fetch(self.statements.requeue_jobs, {"ids": _ids(ids)})
+        return [JobId(r["id"]) for r in rows]
+
+    def list_failed_jobs(
+        self, limit: int = 100, order: Literal["ASC", "DESC"] = "DESC"
+    ) -> list[Job]:
+        """Held jobs, newest first by default."""
+        if order not in ("ASC", "DESC"):
+            raise ConfigurationError(f"order must be 'ASC' or 'DESC', got {order!r}")
+        rows = self.driver.fetch(self.statements.list_failed_jobs(order), {"limit": limit})
+        return [Job.from_row(row) for row in rows]
+
+    def mark_job_as_cancelled(self, ids: Iterable[int]) -> list[JobId]:
+        """Cancel jobs: delete queued or picked rows, log ``canceled``, notify workers.
+
+        Workers running one of the ids see its cancellation token set. Both
+        effects happen atomically: inside a caller's transaction, at its commit.
+        Returns the ids that still existed.
+        """
+        id_list = _ids(ids)
+        if not id_list:
+            return []
+        with self.driver.transaction() as tx:
+            done = Queries(tx, settings=self.settings)
+            logged = done.log_jobs((i, "canceled", None) for i in id_list)
+            done.notify_job_cancellation(id_list)
+        return logged
+
+    def notify_job_cancellation(self, ids: Iterable[int]) -> None:
+        """Send a ``cancellation_event`` for ``ids`` without touching any row."""
+        event = CancellationEvent(
+            channel=self.settings.channel, sent_at=utc_now(), ids=[JobId(i) for i in ids]
+        )
+        self._notify(dump_event(event))
+
+    def notify_health_check(self, health_check_id: HealthCheckId | uuid.UUID) -> None:
+        """Send a ``health_check_event`` (a worker's probe of its own listener)."""
+        event = HealthCheckEvent(
+            channel=self.settings.channel, sent_at=utc_now(), id=HealthCheckId(health_check_id)
+        )
+        self._notify(dump_event(event))
+
+    def _notify(self, payload: str) -> None:
+        params = {"channel": self.settings.channel, "payload": payload}
+        self.driver.execute(self.statements.notify, params)
+
+    def update_heartbeat(self, job_ids: Iterable[int]) -> None:
+        """Set ``heartbeat = NOW()`` for the (deduplicated) running job ids."""
+        ids = sorted(set(_ids(job_ids)))
+        if ids:
+            self.driver.execute(self.statements.update_heartbeat, {"ids": ids})
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def queue_size(self) -> list[QueueStatistics]:
+        """Counts of rows in the queue table by entrypoint, priority and status."""
+        rows = self.driver.fetch(self.statements.queue_size)
+        return [QueueStatistics(**row) for row in rows]
+
+    def queue_log(self) -> list[Log]:
+        """Every log row, oldest first (use with care on a large log)."""
+        return [Log.from_row(row) for row in self.driver.fetch(self.statements.queue_log)]
+
+    def job_status(self, ids: Iterable[int]) -> list[tuple[JobId, JOB_STATUS]]:
+        """The latest logged status of each job that has one."""
+        rows = self.driver.fetch(self.statements.job_status, {"ids": _ids(ids)})
+        return [(JobId(r["job_id"]), r["status"]) for r in rows]
+
+    def queued_work(self, entrypoints: Iterable[str]) -> int:
+        """Queued jobs of these entrypoints, deferred ones included."""
+        rows = self.driver.fetch(self.statements.queued_work, {"entrypoints": list(entrypoints)})
+        return int(rows[0]["count"])
+
+    def eligible_queued_work(self, entrypoints: Iterable[str]) -> int:
+        """Queued jobs of these entrypoints that could run now."""
+        params = {"entrypoints": list(entrypoints)}
+        return int(self.driver.fetch(self.statements.eligible_queued_work, params)[0]["count"])
+
+    def next_deferred_eta(self, entrypoints: Iterable[str]) -> timedelta | None:
+        """Time until the soonest deferred job becomes eligible, or ``None``."""
+        params = {"entrypoints": list(entrypoints)}
+        eta: timedelta | None = self.driver.fetch(self.statements.next_deferred_eta, params)[0][
+            "eta"
+        ]
+        return eta
+
+    # -- cleanup ---------------------------------------------------------------------------
+
+    def clear_queue(self, entrypoint: str | Sequence[str] | None = None) -> None:
+        """Delete queued, picked and held jobs: of some entrypoints (logged ``deleted``),
+        or all of them with ``TRUNCATE`` (not logged)."""
+        if entrypoint is None:
+            self.driver.execute(self.statements.truncate("queue"))
+            return
+        params = {"entrypoints": _names(entrypoint)}
+        self.driver.execute(self.statements.clear_queue_for, params)
+
+    def clear_queue_log(self, entrypoint: str | Sequence[str] | None = None) -> None:
+        """Delete log rows of some entrypoints, or all of them."""
+        self._clear("log", entrypoint)
+
+    def clear_statistics_log(self, entrypoint: str | Sequence[str] | None = None) -> None:
+        """Delete statistics rows of some entrypoints, or all of them."""
+        self._clear("stats", entrypoint)
+
+    def _clear(self, table: str, entrypoint: str | Sequence[str] | None) -> None:
+        if entrypoint is None:
+            self.driver.execute(self.statements.truncate(table))
+        else:
+            query = self.statements.delete_for_entrypoints(table)
+            self.driver.execute(query, {"entrypoints": _names(entrypoint)})
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def aggregate_logs(self) -> None:
+        """Fold new log rows into statistics, skipping if another process holds the lock.
+
+        Uses PgQueuer's advisory-lock key, so sync and async workers never count
+        a log row twice.
+        """
+        params = {"lock_key": self.settings.qualified_text("statistics_table")}
+        self.driver.execute(self.statements.aggregate_logs(locked=True), params)
+
+    def log_statistics(
+        self, tail: int | None = None, last: timedelta | None = None, *, limit: int | None = None
+    ) -> list[LogStatistics]:
+        """Aggregate (without the lock), then return the newest buckets.
+
+        ``tail`` (PgQueuer's name) or ``limit`` caps the rows; ``last`` keeps only
+        buckets newer than that age.
+        """
+        self.driver.execute(self.statements.aggregate_logs(locked=False))
+        cap = limit if limit is not None else tail
+        params = {"limit": cap, "last": last}
+        rows = self.driver.fetch(self.statements.log_statistics, params)
+        return [LogStatistics(**row) for row in rows]
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def insert_schedule(
+        self, schedules: Mapping[tuple[CronEntrypoint | str, CronExpression | str], timedelta]
+    ) -> None:
+        """Register ``(entrypoint, expression) -> delay until next run``; existing rows stay."""
+        if schedules:
+            self.driver.execute(self.statements.insert_schedule, _schedule_params(schedules))
+
+    def fetch_schedule(
+        self, entries: Mapping[tuple[CronEntrypoint | str, CronExpression | str], timedelta]
+    ) -> list[Schedule]:
+        """Claim the due (or crashed, 30 s stale) schedules among ``entries``.
+
+        Each value is the delay from now to that schedule's following run, which
+        becomes its new ``next_run``.
+        """
+        if not entries:
+            return []
+        rows = self.driver.fetch(self.statements.fetch_schedule, _schedule_params(entries))
+        return [Schedule.from_row(row) for row in rows]
+
+    def set_schedule_queued(self, ids: Iterable[ScheduleId | int]) -> None:
+        """Release schedules after their run, stamping ``last_run``."""
+        self.driver.execute(self.statements.set_schedule_queued, {"ids": _ids(ids)})
+
+    def update_schedule_heartbeat(self, ids: Iterable[ScheduleId | int]) -> None:
+        """Refresh the heartbeat of running schedules."""
+        id_list = sorted(set(_ids(ids)))
+        if id_list:
+            self.driver.execute(self.statements.update_schedule_heartbeat, {"ids": id_list})
+
+    def peek_schedule(self) -> list[Schedule]:
+        """Every schedule row."""
+        return [Schedule.from_row(r) for r in self.driver.fetch(self.statements.peek_schedule)]
+
+    def delete_schedule(
+        self, ids: Iterable[ScheduleId | int] = (), entrypoints: Iterable[str] = ()
+    ) -> None:
+        """Delete schedules matching any of ``ids`` or ``entrypoints``."""
+        params = {"ids": _ids(ids), "entrypoints": list(entrypoints)}
+        self.driver.execute(self.statements.delete_schedule, params)
+
+    def clear_schedule(self) -> None:
+        """Delete every schedule."""
+        self.driver.execute(self.statements.truncate("schedules"))
+
+
+def _normalize_batch(
+    entrypoint: object,
+    payload: object,
+    priority: object,
+    execute_after: object,
+    dedupe_key: object,
+    headers: object,
+) -> dict[str, list[Any]]:
+    columns = {
+        "entrypoint": entrypoint,
+        "payload": payload,
+        "priority": priority,
+        "execute_after": execute_after,
+        "dedupe_key": dedupe_key,
+        "headers": headers,
+    }
+    lengths = {k: len(v) for k, v in columns.items() if isinstance(v, list | tuple)}
+    if len(set(lengths.values())) > 1:
+        raise ConfigurationError(
+            f"batch enqueue needs lists of equal length, got {lengths}; "
+            "pass one value per job for every list argument"
+        )
+    size = next(iter(lengths.values()), 1)
+    full = {
+        k: list(v) if isinstance(v, list | tuple) else [v] * size for k, v in columns.items()
+    }
+    return {
+        "entrypoint": [_check_entrypoint(e) for e in full["entrypoint"]],
+        "payload": [_check_payload(p) for p in full["payload"]],
+        "priority": [_check_priority(p) for p in full["priority"]],
+        "delay": [_delay(e) for e in full["execute_after"]],
+        "at": [_at(e) for e in full["execute_after"]],
+        "dedupe_key": [_check_dedupe(d) for d in full["dedupe_key"]],
+        "headers": [_headers(h) for h in full["headers"]],
+    }
+
+
+def _check_entrypoint(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"entrypoint must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_payload(value: object) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    hint = "; encode it first, e.g. text.encode()" if isinstance(value, str) else ""
+    raise ConfigurationError(f"payload must be bytes or None, got {type(value).__name__}{hint}")
+
+
+def _check_priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"priority must be an int, got {value!r}")
+    if not _INT32[0] <= value <= _INT32[1]:
+        raise ConfigurationError(f"priority {value} does not fit a PostgreSQL integer")
+    return value
+
+
+def _check_dedupe(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigurationError(f"dedupe_key must be a string or None, got {value!r}")
+
+
+def _delay(value: object) -> timedelta:
+    if value is None or isinstance(value, datetime):
+        return timedelta(0)
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    raise ConfigurationError(
+        f"execute_after must be a timedelta, seconds or an aware datetime, got {value!r}"
+    )
+
+
+def _at(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ConfigurationError(
+            f"execute_after datetime {value.isoformat()} has no timezone; "
+            "pass an aware datetime, e.g. datetime.now(timezone.utc) + delay"
+        )
+    return value
+
+
+def _headers(value: object) -> Jsonb:
+    # Without headers PgQueuer stores JSON null (not SQL NULL); keep it that way.
+    if value is None:
+        return Jsonb(None)
+    if isinstance(value, Mapping):
+        return Jsonb(dict(value))
+    raise ConfigurationError(f"headers must be a mapping or None, got {type(value).__name__}")
+
+
+def _check_conflict_mode(mode: str, keys: list[str | None]) -> None:
+    if mode not in ON_CONFLICT_MODES:
+        raise ConfigurationError(
+            f"on_conflict must be one of {', '.join(ON_CONFLICT_MODES)}, got {mode!r}"
+        )
+    if mode == "update_priority":
+        present = [k for k in keys if k is not None]
+        if len(present) != len(set(present)):
+            raise ConfigurationError(
+                "on_conflict='update_priority' cannot take the same dedupe_key twice in one call"
+            )
+
+
+def _check_status(status: str) -> None:
+    if status not in JOB_STATUSES:
+        raise ConfigurationError(f"unknown job status {status!r}; use one of {JOB_STATUSES}")
+
+
+def _limit_of(value: EntrypointExecutionParameter | int) -> int:
+    limit = value.concurrency_limit if isinstance(value, EntrypointExecutionParameter) else value
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigurationError(f"concurrency_limit must be an int >= 0, got {limit!r}")
+    return limit
+
+
+def _ids(ids: Iterable[int]) -> list[int]:
+    return [int(i) for i in ids]
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _schedule_params(
+    entries: Mapping[tuple[CronEntrypoint | str, CronExpression | str], timedelta],
+) -> dict[str, list[Any]]:
+    keys = list(entries)
+    return {
+        "entrypoints": [k[0] for k in keys],
+        "expressions": [k[1] for k in keys],
+        "delays": [entries[k] for k in keys],
+    }

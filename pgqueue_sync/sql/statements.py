@@ -1,0 +1,523 @@
+"""Every runtime statement of the queue, composed once per :class:`DBSettings`.
+
+Names reach the SQL only as :class:`psycopg.sql.Identifier`; values are always
+``%(name)s`` parameters. Each statement is one round trip and atomic on its
+own, so it behaves the same under autocommit and inside a caller's transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from psycopg import sql
+
+from ..settings import DBSettings
+
+#: Columns returned for a job row, in :class:`~pgqueue_sync.models.Job` order.
+_JOB_COLUMNS = (
+    "id, priority, created, updated, heartbeat, execute_after, status, entrypoint, "
+    "payload, attempts, queue_manager_id, slot, headers"
+)
+
+
+class Statements:
+    """Composed statements for one set of object names; immutable and thread-safe."""
+
+    def __init__(self, settings: DBSettings) -> None:
+        self.settings = settings
+        self._names: dict[str, Any] = {
+            "queue": settings.ident("queue_table"),
+            "log": settings.ident("queue_table_log"),
+            "stats": settings.ident("statistics_table"),
+            "schedules": settings.ident("schedules_table"),
+            "status": settings.ident("queue_status_type"),
+        }
+
+    def _sql(self, template: str, **extra: sql.Composable) -> sql.Composed:
+        return sql.SQL(template).format(**self._names, **extra)
+
+    @property
+    def sequence_name(self) -> str:
+        """The quoted, qualified name of the queue id sequence (bound as a ``regclass``)."""
+        parts = self.settings.qualified_parts("queue_table")
+        seq = sql.Identifier(*parts[:-1], f"{parts[-1].lower()}_id_seq")
+        return seq.as_string()
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    @functools.cache  # noqa: B019 - one cache entry per mode, for life
+    def enqueue(self, on_conflict: str) -> sql.Composed:
+        """Insert a batch (parallel arrays) and log ``queued`` for rows really inserted.
+
+        Ids are drawn up front so the result maps every input position to its
+        job id (``NULL`` where a row was skipped as a duplicate).
+        """
+        conflict = {
+            "raise": "",
+            "skip": "ON CONFLICT (dedupe_key) WHERE {dedupe_predicate} DO NOTHING",
+            "update_priority": (
+                "ON CONFLICT (dedupe_key) WHERE {dedupe_predicate} "
+                "DO UPDATE SET priority = GREATEST(q.priority, EXCLUDED.priority)"
+            ),
+        }[on_conflict]
+        predicate = sql.SQL("dedupe_key IS NOT NULL AND status IN ('queued', 'picked')")
+        template = """
+WITH input AS MATERIALIZED (
+    SELECT nextval(%(sequence)s::regclass) AS id, t.*
+    FROM unnest(
+        %(priority)s::integer[], %(entrypoint)s::text[], %(delay)s::interval[],
+        %(at)s::timestamptz[], %(dedupe_key)s::text[], %(payload)s::bytea[],
+        %(headers)s::jsonb[]
+    ) WITH ORDINALITY AS t(priority, entrypoint, delay, at, dedupe_key, payload, headers, ord)
+),
+written AS (
+    INSERT INTO {queue} AS q
+        (id, priority, status, entrypoint, execute_after, dedupe_key, payload, headers)
+    SELECT id, priority, 'queued', entrypoint, COALESCE(at, NOW() + delay),
+           dedupe_key, payload, headers
+    FROM input
+    """ + conflict + """
+    RETURNING q.id, q.entrypoint, q.priority, q.dedupe_key, (q.xmax::text = '0') AS fresh
+),
+logged AS (
+    INSERT INTO {log} (job_id, status, entrypoint, priority)
+    SELECT id, 'queued', entrypoint, priority FROM written WHERE fresh
+)
+SELECT COALESCE(w.id, u.id) AS id
+FROM input i
+LEFT JOIN written w ON w.id = i.id
+LEFT JOIN written u ON NOT u.fresh AND u.dedupe_key = i.dedupe_key
+ORDER BY i.ord
+"""
+        return self._sql(template, dedupe_predicate=predicate)
+
+    # -- dequeue ---------------------------------------------------------------------------
+
+    @functools.cache  # noqa: B019 - four gate shapes at most
+    def dequeue(self, *, capacity: bool, budget: bool) -> sql.Composed:
+        """Claim up to ``%(batch)s`` jobs in one statement (see docs/internals).
+
+        ``capacity``: some entrypoint has a fleet-wide ``concurrency_limit``;
+        ``budget``: the worker has a ``max_concurrent_tasks`` budget.
+        """
+        parts = [_REGISTERED]
+        if capacity:
+            parts.append(_CAPACITY)
+        if budget:
+            parts.append(_BUDGET)
+        parts.append(_FRESH_OPEN)
+        parts.append(_STALE)
+        branches = [_OPEN_BRANCH, _STALE_BRANCH]
+        if capacity:
+            branches.insert(1, _LIMITED_BRANCH)
+        limit = "(SELECT headroom FROM my_load)" if budget else "%(batch)s"
+        parts.append(_ELIGIBLE.format(branches=" UNION ALL ".join(branches), limit=limit))
+        parts.append(_SEATED_CLAIM if capacity else _PLAIN_CLAIM)
+        parts.append(_CLAIMED)
+        return self._sql("WITH " + ",\n".join(parts) + _CLAIM_RESULT)
+
+    # -- completion, retry, hold -----------------------------------------------------------
+
+    @functools.cached_property
+    def log_jobs(self) -> sql.Composed:
+        """Finish jobs: delete (or hold as ``failed``) and log only rows that still existed."""
+        return self._sql("""
+WITH done AS (
+    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback
+    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]::{status}[], %(tracebacks)s::jsonb[])
+        AS d(id, status, traceback)
+),
+removed AS (
+    DELETE FROM {queue} q USING done d
+    WHERE q.id = d.id AND d.status <> 'failed'
+    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
+),
+held AS (
+    UPDATE {queue} q SET status = 'failed', updated = NOW(), queue_manager_id = NULL
+    FROM done d
+    WHERE q.id = d.id AND d.status = 'failed'
+    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
+)
+INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
+SELECT id, status, entrypoint, priority, traceback FROM removed
+UNION ALL
+SELECT id, status, entrypoint, priority, traceback FROM held
+RETURNING job_id
+""")
+
+    @functools.cached_property
+    def retry_job(self) -> sql.Composed:
+        """Put one job back to ``queued`` after a delay, counting the attempt."""
+        return self._sql("""
+WITH retried AS (
+    UPDATE {queue}
+    SET status = 'queued', execute_after = NOW() + %(delay)s::interval,
+        attempts = attempts + 1, updated = NOW(), queue_manager_id = NULL
+    WHERE id = %(id)s
+    RETURNING id, entrypoint, priority
+)
+INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
+SELECT id, 'queued', entrypoint, priority, %(traceback)s::jsonb FROM retried
+RETURNING job_id
+""")
+
+    @functools.cached_property
+    def requeue_jobs(self) -> sql.Composed:
+        """Move held (``failed``) jobs back to ``queued`` with ``attempts`` reset."""
+        return self._sql("""
+WITH requeued AS (
+    UPDATE {queue}
+    SET status = 'queued', execute_after = NOW(), updated = NOW(),
+        attempts = 0, queue_manager_id = NULL
+    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'failed'
+    RETURNING id, entrypoint, priority
+),
+logged AS (
+    INSERT INTO {log} (job_id, status, entrypoint, priority)
+    SELECT id, 'queued', entrypoint, priority FROM requeued
+)
+SELECT id FROM requeued ORDER BY id
+""")
+
+    @functools.cached_property
+    def update_heartbeat(self) -> sql.Composed:
+        """Touch the heartbeat of running jobs (no status guard, as in PgQueuer)."""
+        return self._sql(
+            "UPDATE {queue} SET heartbeat = NOW() WHERE id = ANY(%(ids)s::bigint[])"
+        )
+
+    @functools.cached_property
+    def notify(self) -> sql.Composed:
+        """Send one payload on a channel (delivered at commit)."""
+        return self._sql("SELECT pg_notify(%(channel)s, %(payload)s)")
+
+    # -- inspection ------------------------------------------------------------------------
+
+    @functools.cached_property
+    def queue_size(self) -> sql.Composed:
+        """Row counts grouped by entrypoint, priority and status."""
+        return self._sql("""
+SELECT count(*) AS count, entrypoint, priority, status::text AS status
+FROM {queue}
+GROUP BY entrypoint, priority, status
+ORDER BY count, entrypoint, priority, status
+""")
+
+    def list_failed_jobs(self, order: str) -> sql.Composed:
+        """Held jobs, newest (``DESC``) or oldest (``ASC``) first."""
+        direction = sql.SQL("DESC" if order == "DESC" else "ASC")
+        return self._sql(
+            "SELECT " + _JOB_COLUMNS + ", dedupe_key FROM {queue} WHERE status = 'failed' "
+            "ORDER BY updated {direction}, id {direction} LIMIT %(limit)s",
+            direction=direction,
+        )
+
+    @functools.cached_property
+    def queue_log(self) -> sql.Composed:
+        """Every log row, oldest first."""
+        return self._sql(
+            "SELECT created, job_id, status::text AS status, priority, entrypoint, traceback, "
+            "aggregated FROM {log} ORDER BY id"
+        )
+
+    @functools.cached_property
+    def job_status(self) -> sql.Composed:
+        """The latest logged status of each job id."""
+        return self._sql("""
+SELECT DISTINCT ON (job_id) job_id, status::text AS status
+FROM {log}
+WHERE job_id = ANY(%(ids)s::bigint[])
+ORDER BY job_id, created DESC, id DESC
+""")
+
+    @functools.cached_property
+    def queued_work(self) -> sql.Composed:
+        """How many jobs of these entrypoints are queued, deferred ones included."""
+        return self._sql(
+            "SELECT count(*) AS count FROM {queue} "
+            "WHERE status = 'queued' AND entrypoint = ANY(%(entrypoints)s::text[])"
+        )
+
+    @functools.cached_property
+    def eligible_queued_work(self) -> sql.Composed:
+        """How many queued jobs of these entrypoints could run now (``<=``, like PgQueuer)."""
+        return self._sql(
+            "SELECT count(*) AS count FROM {queue} WHERE status = 'queued' "
+            "AND entrypoint = ANY(%(entrypoints)s::text[]) AND execute_after <= NOW()"
+        )
+
+    @functools.cached_property
+    def next_deferred_eta(self) -> sql.Composed:
+        """Time until the soonest deferred job of these entrypoints becomes eligible."""
+        return self._sql(
+            "SELECT min(execute_after) - NOW() AS eta FROM {queue} WHERE status = 'queued' "
+            "AND entrypoint = ANY(%(entrypoints)s::text[]) AND execute_after > NOW()"
+        )
+
+    # -- cleanup ---------------------------------------------------------------------------
+
+    @functools.cached_property
+    def clear_queue_for(self) -> sql.Composed:
+        """Delete the jobs of some entrypoints, logging each as ``deleted``."""
+        return self._sql("""
+WITH gone AS (
+    DELETE FROM {queue} WHERE entrypoint = ANY(%(entrypoints)s::text[])
+    RETURNING id, entrypoint, priority
+)
+INSERT INTO {log} (job_id, status, entrypoint, priority)
+SELECT id, 'deleted', entrypoint, priority FROM gone
+""")
+
+    def truncate(self, table: str) -> sql.Composed:
+        """Empty one of ``queue``, ``log``, ``stats`` or ``schedules`` (no log rows)."""
+        return self._sql("TRUNCATE {table}", table=self._names[table])
+
+    def delete_for_entrypoints(self, table: str) -> sql.Composed:
+        """Delete the rows of some entrypoints from ``log`` or ``stats``."""
+        return self._sql(
+            "DELETE FROM {table} WHERE entrypoint = ANY(%(entrypoints)s::text[])",
+            table=self._names[table],
+        )
+
+    # -- statistics ------------------------------------------------------------------------
+
+    @functools.cache  # noqa: B019 - two variants
+    def aggregate_logs(self, *, locked: bool) -> sql.Composed:
+        """Fold unaggregated log rows into per-second statistics buckets.
+
+        ``locked``: only proceed when ``pg_try_advisory_xact_lock`` on PgQueuer's
+        key succeeds, so concurrent workers (sync or async) never double count.
+        """
+        gate = "pg_try_advisory_xact_lock(hashtext(%(lock_key)s))" if locked else "TRUE"
+        return self._sql("""
+WITH gate AS (SELECT """ + gate + """ AS go),
+flipped AS (
+    UPDATE {log} l SET aggregated = TRUE
+    FROM gate
+    WHERE gate.go AND NOT l.aggregated
+    RETURNING l.entrypoint, l.priority, l.status, date_trunc('sec', l.created) AS created
+),
+buckets AS (
+    SELECT count(*) AS count, created, entrypoint, priority, status
+    FROM flipped GROUP BY created, entrypoint, priority, status
+)
+INSERT INTO {stats} AS s (count, created, entrypoint, priority, status)
+SELECT count, created, entrypoint, priority, status FROM buckets
+ON CONFLICT (priority, date_trunc('sec'::text, timezone('UTC'::text, created)), status, entrypoint)
+DO UPDATE SET count = s.count + EXCLUDED.count
+""")
+
+    @functools.cached_property
+    def log_statistics(self) -> sql.Composed:
+        """The newest statistics buckets, optionally only those newer than ``%(last)s``."""
+        return self._sql("""
+SELECT count, created, entrypoint, priority, status::text AS status
+FROM {stats}
+WHERE %(last)s::interval IS NULL OR created > NOW() - %(last)s::interval
+ORDER BY id DESC
+LIMIT %(limit)s
+""")
+
+    # -- schedules -------------------------------------------------------------------------
+
+    @functools.cached_property
+    def insert_schedule(self) -> sql.Composed:
+        """Register (entrypoint, expression) pairs; existing pairs are left alone."""
+        return self._sql("""
+INSERT INTO {schedules} (expression, entrypoint, next_run, status)
+SELECT w.expression, w.entrypoint, date_trunc('seconds', NOW() + w.delay), 'queued'
+FROM unnest(%(entrypoints)s::text[], %(expressions)s::text[], %(delays)s::interval[])
+    AS w(entrypoint, expression, delay)
+ON CONFLICT (expression, entrypoint) DO NOTHING
+""")
+
+    @functools.cached_property
+    def fetch_schedule(self) -> sql.Composed:
+        """Claim due (or stale-picked, 30 s) schedules among the given pairs."""
+        return self._sql("""
+WITH wanted AS (
+    SELECT * FROM unnest(%(entrypoints)s::text[], %(expressions)s::text[], %(delays)s::interval[])
+        AS w(entrypoint, expression, delay)
+),
+due AS (
+    SELECT s.id, w.delay
+    FROM {schedules} s
+    JOIN wanted w ON w.entrypoint = s.entrypoint AND w.expression = s.expression
+    WHERE (s.status = 'queued' AND s.next_run <= NOW())
+       OR (s.status = 'picked' AND NOW() - s.heartbeat > interval '30 seconds')
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE {schedules} s
+SET status = 'picked', updated = NOW(), heartbeat = NOW(),
+    next_run = date_trunc('seconds', NOW() + due.delay)
+FROM due
+WHERE s.id = due.id
+RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.last_run,
+          s.status::text AS status, s.entrypoint
+""")
+
+    @functools.cached_property
+    def set_schedule_queued(self) -> sql.Composed:
+        """Release schedules after a run, stamping ``last_run``."""
+        return self._sql(
+            "UPDATE {schedules} SET status = 'queued', last_run = NOW(), updated = NOW() "
+            "WHERE id = ANY(%(ids)s::bigint[])"
+        )
+
+    @functools.cached_property
+    def update_schedule_heartbeat(self) -> sql.Composed:
+        """Keep running schedules from looking crashed."""
+        return self._sql(
+            "UPDATE {schedules} SET heartbeat = NOW(), updated = NOW() "
+            "WHERE id = ANY(%(ids)s::bigint[])"
+        )
+
+    @functools.cached_property
+    def peek_schedule(self) -> sql.Composed:
+        """Every schedule row, by id."""
+        return self._sql(
+            "SELECT id, expression, heartbeat, created, updated, next_run, last_run, "
+            "status::text AS status, entrypoint FROM {schedules} ORDER BY id"
+        )
+
+    @functools.cached_property
+    def delete_schedule(self) -> sql.Composed:
+        """Delete schedules by id or by entrypoint."""
+        return self._sql(
+            "DELETE FROM {schedules} WHERE id = ANY(%(ids)s::bigint[]) "
+            "OR entrypoint = ANY(%(entrypoints)s::text[])"
+        )
+
+
+# The dequeue pipeline (PgQueuer 1.6 semantics, our own SQL). Steps are CTEs
+# joined by the builder according to the gate shape.
+
+_REGISTERED = """registered AS (
+    SELECT r.entrypoint, r.lim
+    FROM unnest(%(entrypoints)s::text[], %(limits)s::integer[]) AS r(entrypoint, lim)
+)"""
+
+# Fleet-wide in-flight counts include stale picked rows (queue_manager_id set).
+# Limited candidates are windowed *before* locking: with SKIP LOCKED alone a
+# worker would slide past another worker's uncommitted claim and overshoot.
+_CAPACITY = """in_flight AS (
+    SELECT r.entrypoint, r.lim,
+           (SELECT count(*) FROM {queue} b
+            WHERE b.entrypoint = r.entrypoint AND b.queue_manager_id IS NOT NULL) AS busy
+    FROM registered r
+    WHERE r.lim > 0
+),
+open_limited AS (
+    SELECT entrypoint, busy, LEAST(%(batch)s, lim - busy) AS room
+    FROM in_flight WHERE busy < lim
+),
+limited_window AS (
+    SELECT w.id
+    FROM open_limited o
+    CROSS JOIN LATERAL (
+        SELECT q.id FROM {queue} q
+        WHERE q.entrypoint = o.entrypoint AND q.status = 'queued' AND q.execute_after < NOW()
+        ORDER BY q.priority DESC, q.id ASC
+        LIMIT o.room
+    ) w
+),
+fresh_limited AS (
+    SELECT q.id, q.priority, q.entrypoint FROM {queue} q
+    WHERE q.id IN (SELECT id FROM limited_window)
+      AND q.status = 'queued' AND q.execute_after < NOW()
+    FOR UPDATE SKIP LOCKED
+),
+free_seats AS (
+    SELECT o.entrypoint, g.seat,
+           row_number() OVER (PARTITION BY o.entrypoint ORDER BY g.seat) AS k
+    FROM open_limited o
+    CROSS JOIN LATERAL generate_series(0, o.busy + o.room - 1) AS g(seat)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {queue} h
+        WHERE h.entrypoint = o.entrypoint AND h.status = 'picked' AND h.slot = g.seat
+    )
+)"""
+
+_BUDGET = """my_load AS (
+    SELECT GREATEST(LEAST(%(batch)s, %(budget)s - count(*)), 0) AS headroom
+    FROM {queue} WHERE queue_manager_id = %(queue_manager_id)s
+)"""
+
+_FRESH_OPEN = """fresh_open AS (
+    SELECT c.id, c.priority, c.entrypoint
+    FROM registered r
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.priority, q.entrypoint FROM {queue} q
+        WHERE q.entrypoint = r.entrypoint AND q.status = 'queued' AND q.execute_after < NOW()
+        ORDER BY q.priority DESC, q.id ASC
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE r.lim = 0
+    ORDER BY c.priority DESC, c.id ASC
+    LIMIT %(batch)s
+)"""
+
+# Stale re-picks ignore capacity (they inherit the seat they hold) but not the budget.
+_STALE = """stale AS (
+    SELECT q.id, q.priority, q.entrypoint FROM {queue} q
+    WHERE q.status = 'picked' AND q.entrypoint = ANY(%(entrypoints)s::text[])
+      AND q.heartbeat < NOW() - %(heartbeat_timeout)s::interval
+      AND q.execute_after < NOW()
+    ORDER BY q.priority DESC, q.id ASC
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)"""
+
+_OPEN_BRANCH = "SELECT id, priority, entrypoint, 'open' AS kind FROM fresh_open"
+_LIMITED_BRANCH = "SELECT id, priority, entrypoint, 'limited' AS kind FROM fresh_limited"
+_STALE_BRANCH = "SELECT id, priority, entrypoint, 'stale' AS kind FROM stale"
+
+_ELIGIBLE = """eligible AS (
+    SELECT u.id, u.priority, u.entrypoint, u.kind
+    FROM ({branches}) u
+    ORDER BY u.priority DESC, u.id ASC
+    LIMIT {limit}
+)"""
+
+# The k-th fresh claim of a limited entrypoint takes its k-th lowest free seat;
+# claims left without a seat are dropped. A concurrent worker taking the same
+# seat fails on the unique seat index, which the caller treats as an empty batch.
+_SEATED_CLAIM = """ranked AS (
+    SELECT e.id, e.entrypoint,
+           row_number() OVER (PARTITION BY e.entrypoint ORDER BY e.priority DESC, e.id ASC) AS k
+    FROM eligible e WHERE e.kind = 'limited'
+),
+seated AS (
+    SELECT r.id, f.seat FROM ranked r
+    JOIN free_seats f ON f.entrypoint = r.entrypoint AND f.k = r.k
+),
+claim AS (
+    SELECT e.id, e.kind, s.seat
+    FROM eligible e LEFT JOIN seated s ON s.id = e.id
+    WHERE e.kind <> 'limited' OR s.seat IS NOT NULL
+)"""
+
+_PLAIN_CLAIM = """claim AS (
+    SELECT e.id, e.kind, NULL::bigint AS seat FROM eligible e
+)"""
+
+_CLAIMED = """claimed AS (
+    UPDATE {queue} q
+    SET status = 'picked', updated = NOW(), heartbeat = NOW(),
+        queue_manager_id = %(queue_manager_id)s,
+        slot = CASE WHEN c.kind = 'stale' THEN q.slot ELSE c.seat END
+    FROM claim c
+    WHERE q.id = c.id
+    RETURNING q.id, q.priority, q.created, q.updated, q.heartbeat, q.execute_after,
+              q.status::text AS status, q.entrypoint, q.payload, q.attempts,
+              q.queue_manager_id, q.slot, q.headers
+),
+picked_log AS (
+    INSERT INTO {log} (job_id, status, entrypoint, priority)
+    SELECT id, 'picked', entrypoint, priority FROM claimed
+)"""
+
+_CLAIM_RESULT = """
+SELECT * FROM claimed ORDER BY priority DESC, id ASC"""

@@ -54,9 +54,23 @@ Headers = Mapping[str, Any] | None
 
 @dataclasses.dataclass(frozen=True)
 class EntrypointExecutionParameter:
-    """What the claim needs to know about one entrypoint: its fleet-wide limit (0 = none)."""
+    """What the claim needs to know about one entrypoint.
+
+    ``concurrency_limit``: fleet-wide limit (0 = none). ``stale_after``: this
+    entrypoint's own stale-job timeout (``None``: the worker's heartbeat timeout).
+    """
 
     concurrency_limit: int = 0
+    stale_after: timedelta | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PollState:
+    """What the idle dispatcher needs to choose its wait."""
+
+    eligible: bool
+    eta: timedelta | None
+    queued: bool
 
 
 class Queries:
@@ -183,6 +197,7 @@ class Queries:
             return []
         names = list(entrypoints)
         limits = [_limit_of(entrypoints[name]) for name in names]
+        stale_after = [_stale_after_of(entrypoints[name]) for name in names]
         budget = global_concurrency_limit or None
         query = self.statements.dequeue(capacity=any(limits), budget=budget is not None)
         params = {
@@ -192,6 +207,7 @@ class Queries:
             "queue_manager_id": queue_manager_id,
             "budget": budget,
             "heartbeat_timeout": heartbeat_timeout,
+            "stale_after": stale_after,
         }
         try:
             rows = self.driver.fetch(query, params)
@@ -242,6 +258,26 @@ class Queries:
             "traceback": Jsonb(traceback_record.to_json()) if traceback_record else None,
         }
         return bool(self.driver.fetch(self.statements.retry_job, params))
+
+    def release_jobs(
+        self,
+        records: Mapping[JobId, TracebackRecord] | Mapping[int, TracebackRecord],
+        queue_manager_id: QueueManagerId | uuid.UUID,
+    ) -> list[JobId]:
+        """Put this worker's picked jobs back to ``queued`` now (e.g. at a bounded shutdown).
+
+        ``attempts`` is unchanged; each job gets a ``queued`` log row carrying its
+        record, which says why. Jobs no longer picked by this worker are skipped.
+        """
+        if not records:
+            return []
+        params = {
+            "ids": [int(i) for i in records],
+            "tracebacks": [Jsonb(r.to_json()) for r in records.values()],
+            "queue_manager_id": queue_manager_id,
+        }
+        rows = self.driver.fetch(self.statements.release_jobs, params)
+        return [JobId(r["job_id"]) for r in rows]
 
     def requeue_jobs(self, ids: Iterable[int]) -> list[JobId]:
         """Re-queue held (``failed``) jobs with ``attempts`` reset; returns those changed.
@@ -325,6 +361,12 @@ class Queries:
         """Queued jobs of these entrypoints that could run now."""
         params = {"entrypoints": list(entrypoints)}
         return int(self.driver.fetch(self.statements.eligible_queued_work, params)[0]["count"])
+
+    def poll_state(self, entrypoints: Iterable[str]) -> PollState:
+        """Eligible work now? Delay to the next deferred job? Anything queued at all?"""
+        params = {"entrypoints": list(entrypoints)}
+        row = self.driver.fetch(self.statements.poll_state, params)[0]
+        return PollState(eligible=row["eligible"], eta=row["eta"], queued=row["queued"])
 
     def next_deferred_eta(self, entrypoints: Iterable[str]) -> timedelta | None:
         """Time until the soonest deferred job becomes eligible, or ``None``."""
@@ -554,6 +596,10 @@ def _limit_of(value: EntrypointExecutionParameter | int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ConfigurationError(f"concurrency_limit must be an int >= 0, got {limit!r}")
     return limit
+
+
+def _stale_after_of(value: EntrypointExecutionParameter | int) -> timedelta | None:
+    return value.stale_after if isinstance(value, EntrypointExecutionParameter) else None
 
 
 def _ids(ids: Iterable[int]) -> list[int]:

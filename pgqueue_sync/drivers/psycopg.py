@@ -37,6 +37,12 @@ class SyncPsycopgDriver:
         # An RLock, so a transaction() block can call fetch() on the same thread.
         self._lock = threading.RLock()
 
+    def new_connection(self) -> psycopg.Connection[Any]:
+        """Open another autocommit connection to the same server (e.g. for LISTEN)."""
+        info = self.connection.info
+        conninfo = psycopg.conninfo.make_conninfo(info.dsn, password=info.password or None)
+        return connect(conninfo)
+
     @property
     def joins_caller_transaction(self) -> bool:
         """True when statements run inside a transaction that the caller owns."""
@@ -75,6 +81,16 @@ class SyncPsycopgPoolDriver:
 
     def __init__(self, pool: ConnectionPool[Any]) -> None:
         self.pool = pool
+
+    def new_connection(self) -> psycopg.Connection[Any]:
+        """Open an autocommit connection outside the pool (e.g. for LISTEN)."""
+        # psycopg_pool >= 3.3 also accepts callables producing these per connection.
+        raw_conninfo = self.pool.conninfo
+        raw_kwargs = self.pool.kwargs
+        conninfo = raw_conninfo() if callable(raw_conninfo) else raw_conninfo
+        kwargs = dict((raw_kwargs() if callable(raw_kwargs) else raw_kwargs) or {})
+        kwargs.pop("autocommit", None)
+        return connect(conninfo, **kwargs)
 
     def fetch(self, query: Query, params: Params = None) -> list[Row]:
         """Run one statement on a pooled connection and return its rows."""

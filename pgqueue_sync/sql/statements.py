@@ -181,6 +181,44 @@ SELECT id FROM requeued ORDER BY id
 """)
 
     @functools.cached_property
+    def release_jobs(self) -> sql.Composed:
+        """Hand this worker's unfinished jobs back to the queue at once, logging why."""
+        return self._sql("""
+WITH given AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tracebacks)s::jsonb[]) AS g(id, traceback)
+),
+released AS (
+    UPDATE {queue} q
+    SET status = 'queued', execute_after = NOW(), updated = NOW(), queue_manager_id = NULL
+    FROM given g
+    WHERE q.id = g.id AND q.status = 'picked' AND q.queue_manager_id = %(queue_manager_id)s
+    RETURNING q.id, q.entrypoint, q.priority, g.traceback
+)
+INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
+SELECT id, 'queued', entrypoint, priority, traceback FROM released
+RETURNING job_id
+""")
+
+    @functools.cached_property
+    def poll_state(self) -> sql.Composed:
+        """One probe for the idle wait: is work eligible now, when is the next deferred job."""
+        return self._sql("""
+SELECT
+    EXISTS (
+        SELECT 1 FROM {queue} WHERE status = 'queued'
+        AND entrypoint = ANY(%(entrypoints)s::text[]) AND execute_after <= NOW()
+    ) AS eligible,
+    (
+        SELECT min(execute_after) FROM {queue} WHERE status = 'queued'
+        AND entrypoint = ANY(%(entrypoints)s::text[]) AND execute_after > NOW()
+    ) - NOW() AS eta,
+    EXISTS (
+        SELECT 1 FROM {queue} WHERE status = 'queued'
+        AND entrypoint = ANY(%(entrypoints)s::text[])
+    ) AS queued
+""")
+
+    @functools.cached_property
     def update_heartbeat(self) -> sql.Composed:
         """Touch the heartbeat of running jobs (no status guard, as in PgQueuer)."""
         return self._sql(
@@ -394,8 +432,10 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
 # joined by the builder according to the gate shape.
 
 _REGISTERED = """registered AS (
-    SELECT r.entrypoint, r.lim
-    FROM unnest(%(entrypoints)s::text[], %(limits)s::integer[]) AS r(entrypoint, lim)
+    SELECT r.entrypoint, r.lim,
+           COALESCE(r.stale_after, %(heartbeat_timeout)s::interval) AS stale_after
+    FROM unnest(%(entrypoints)s::text[], %(limits)s::integer[], %(stale_after)s::interval[])
+        AS r(entrypoint, lim, stale_after)
 )"""
 
 # Fleet-wide in-flight counts include stale picked rows (queue_manager_id set).
@@ -461,13 +501,14 @@ _FRESH_OPEN = """fresh_open AS (
 
 # Stale re-picks ignore capacity (they inherit the seat they hold) but not the budget.
 _STALE = """stale AS (
-    SELECT q.id, q.priority, q.entrypoint FROM {queue} q
-    WHERE q.status = 'picked' AND q.entrypoint = ANY(%(entrypoints)s::text[])
-      AND q.heartbeat < NOW() - %(heartbeat_timeout)s::interval
+    SELECT q.id, q.priority, q.entrypoint
+    FROM {queue} q JOIN registered r ON r.entrypoint = q.entrypoint
+    WHERE q.status = 'picked'
+      AND q.heartbeat < NOW() - r.stale_after
       AND q.execute_after < NOW()
     ORDER BY q.priority DESC, q.id ASC
     LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF q SKIP LOCKED
 )"""
 
 _OPEN_BRANCH = "SELECT id, priority, entrypoint, 'open' AS kind FROM fresh_open"

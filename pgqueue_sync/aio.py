@@ -1,0 +1,106 @@
+"""The one event-loop thread that runs ``async def`` handlers; the only asyncio user.
+
+Started only when an async handler is registered. Sync code hands it
+coroutines and gets ``concurrent.futures.Future`` objects back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from .errors import PgqException
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: How long start() waits for the loop to come up, and close() for it to stop.
+LOOP_START_TIMEOUT = 10.0
+LOOP_STOP_TIMEOUT = 10.0
+
+
+class EventLoopThread:
+    """A named daemon thread running an asyncio loop; a context manager.
+
+    Thread-safe: :meth:`submit` may be called from any thread but the loop's own.
+    """
+
+    def __init__(self, name: str = "pgqueue_sync-event-loop") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready: concurrent.futures.Future[asyncio.AbstractEventLoop] | None = None
+
+    def start(self) -> EventLoopThread:
+        """Start the loop; blocks until it runs. Idempotent."""
+        if self._thread is not None:
+            return self
+        self._ready = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        self._loop = self._ready.result(timeout=LOOP_START_TIMEOUT)
+        return self
+
+    def _run(self) -> None:
+        assert self._ready is not None
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._ready.set_result(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; returns at once with its future.
+
+        Cancelling the returned future cancels the coroutine's task.
+        """
+        loop = self._require_loop()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise PgqException("submit() called from the event-loop thread itself")
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        """Run a plain callback on the loop thread (thread-safe)."""
+        self._require_loop().call_soon_threadsafe(callback, *args)
+
+    def close(self, timeout: float = LOOP_STOP_TIMEOUT) -> None:
+        """Cancel leftover tasks, stop the loop and join the thread (bounded)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            loop.call_soon_threadsafe(_cancel_all_and_stop, loop)
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("event-loop thread did not stop within %.1fs", timeout)
+        self._loop = self._thread = None
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise PgqException("the event-loop thread is not running; call start() first")
+        return self._loop
+
+    def __enter__(self) -> EventLoopThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cancel_all_and_stop(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        loop.stop()
+        return
+    gathered = asyncio.gather(*tasks, return_exceptions=True)
+    gathered.add_done_callback(lambda _: loop.stop())

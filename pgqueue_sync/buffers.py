@@ -1,0 +1,194 @@
+"""Batched writes off the handler threads: job outcomes, retries and heartbeats.
+
+Each buffer owns one named thread. Writes that fail stay in memory and are
+retried on the next tick, so a database blip delays bookkeeping but never
+drops an outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Protocol
+
+from .errors import PgqException
+from .models import Job, TracebackRecord
+from .threads import Ticker
+from .types import JOB_STATUS, JobId
+
+logger = logging.getLogger(__name__)
+
+#: Completion writes are flushed at least this often (seconds, ±20 %).
+COMPLETION_FLUSH_INTERVAL = 0.1
+#: Attempts to flush what is left at shutdown.
+SHUTDOWN_FLUSH_ATTEMPTS = 5
+SHUTDOWN_RETRY_DELAY = 0.2
+
+
+class _Writer(Protocol):
+    def log_jobs(
+        self, job_status: list[tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]]
+    ) -> list[JobId]: ...
+
+    def retry_job(
+        self, job: Job | JobId | int, delay: timedelta, traceback_record: TracebackRecord | None
+    ) -> bool: ...
+
+    def update_heartbeat(self, job_ids: list[int]) -> None: ...
+
+
+@dataclasses.dataclass
+class Retry:
+    """A retry to write now; ``fallback`` is the outcome if the write fails."""
+
+    job: Job
+    delay: timedelta
+    record: TracebackRecord
+    fallback: JOB_STATUS
+
+
+Outcome = tuple[Job, JOB_STATUS, TracebackRecord | None]
+
+
+class CompletionBuffer:
+    """Collects job outcomes and writes them with ``log_jobs`` in batches.
+
+    Flushes every ~100 ms, or at once when ``max_size`` outcomes wait or a
+    retry is queued (retries are written immediately, never held back).
+    :meth:`add` and :meth:`add_retry` are thread-safe and never block on I/O.
+    """
+
+    def __init__(
+        self,
+        writer: _Writer,
+        *,
+        max_size: int,
+        name: str = "pgqueue_sync-flusher",
+        on_written: Callable[[list[Job]], None] = lambda jobs: None,
+    ) -> None:
+        self._writer = writer
+        self._max_size = max_size
+        self._on_written = on_written
+        self._lock = threading.Lock()
+        self._outcomes: list[Outcome] = []
+        self._retries: list[Retry] = []
+        self._ticker = Ticker(self.flush, COMPLETION_FLUSH_INTERVAL, name=name)
+
+    def start(self) -> None:
+        """Start the flush thread."""
+        self._ticker.start()
+
+    def add(self, job: Job, status: JOB_STATUS, record: TracebackRecord | None) -> None:
+        """Queue an outcome for the next batched write."""
+        with self._lock:
+            self._outcomes.append((job, status, record))
+            full = len(self._outcomes) >= self._max_size
+        if full:
+            self._ticker.wake()
+
+    def add_retry(self, retry: Retry) -> None:
+        """Queue a retry and write it right away."""
+        with self._lock:
+            self._retries.append(retry)
+        self._ticker.wake()
+
+    def pending(self) -> int:
+        """Outcomes and retries not yet written."""
+        with self._lock:
+            return len(self._outcomes) + len(self._retries)
+
+    def flush(self) -> None:
+        """Write everything queued; on failure keep it for the next attempt and raise."""
+        with self._lock:
+            retries, self._retries = self._retries, []
+        for retry in retries:
+            self._write_retry(retry)
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+        if not outcomes:
+            return
+        try:
+            self._writer.log_jobs(list(outcomes))
+        except PgqException:
+            with self._lock:
+                self._outcomes[:0] = outcomes
+            raise
+        self._on_written([job for job, _, _ in outcomes])
+
+    def _write_retry(self, retry: Retry) -> None:
+        try:
+            self._writer.retry_job(retry.job, retry.delay, retry.record)
+        except PgqException:
+            # As in PgQueuer: a retry that cannot be written is a failure.
+            logger.warning("retry of job %d could not be written; recording failure", retry.job.id)
+            self.add(retry.job, retry.fallback, retry.record)
+            return
+        self._on_written([retry.job])
+
+    def stop(self) -> bool:
+        """Stop the thread and flush what is left (a few attempts). True if nothing is lost."""
+        self._ticker.stop()
+        for attempt in range(SHUTDOWN_FLUSH_ATTEMPTS):
+            try:
+                self.flush()
+                return True
+            except PgqException as exc:
+                logger.warning("final flush attempt %d failed: %s", attempt + 1, exc)
+                time.sleep(SHUTDOWN_RETRY_DELAY)
+        logger.error("%d job outcomes could not be written at shutdown", self.pending())
+        return False
+
+
+class Heartbeats:
+    """Keeps running jobs alive: each tracked job is touched every ``interval / 2``,
+    in batches flushed every ``interval / 8`` (± 20 %), from its own thread.
+
+    ``interval`` is the heartbeat timeout T. A job may carry its own (shorter)
+    stale timeout, which sets its own cadence.
+    """
+
+    def __init__(
+        self, writer: _Writer, timeout: timedelta, *, name: str = "pgqueue_sync-heartbeat"
+    ) -> None:
+        self._writer = writer
+        self._timeout = timeout.total_seconds()
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, float]] = {}  # job id -> (next due, period)
+        self._ticker = Ticker(self.flush, self._timeout / 8, name=name)
+
+    def start(self) -> None:
+        """Start the heartbeat thread."""
+        self._ticker.start()
+
+    def track(self, job_id: int, timeout: timedelta | None = None) -> None:
+        """Start beating for a job that was just claimed (its heartbeat is fresh)."""
+        period = (timeout.total_seconds() if timeout else self._timeout) / 2
+        with self._lock:
+            self._due[job_id] = (time.monotonic() + period, period)
+
+    def untrack(self, job_id: int) -> None:
+        """Stop beating for a finished job."""
+        with self._lock:
+            self._due.pop(job_id, None)
+
+    def flush(self) -> None:
+        """Write the heartbeats that are due; failures are retried next tick."""
+        now = time.monotonic()
+        with self._lock:
+            due = [job_id for job_id, (at, _) in self._due.items() if at <= now]
+        if not due:
+            return
+        self._writer.update_heartbeat(due)
+        with self._lock:
+            for job_id in due:
+                if job_id in self._due:
+                    period = self._due[job_id][1]
+                    self._due[job_id] = (now + period, period)
+
+    def stop(self) -> None:
+        """Stop the thread (bounded)."""
+        self._ticker.stop()

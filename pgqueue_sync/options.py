@@ -1,0 +1,170 @@
+"""Worker defaults and the validation of ``entrypoint()`` and ``run()`` arguments.
+
+Every default is a named constant here; every check says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from datetime import timedelta
+
+from .errors import ConfigurationError
+from .ratelimit import TokenBucket
+from .types import ON_FAILURE_MODES, OnFailure, QueueExecutionMode
+
+#: Longest idle wait between claims when no notification arrives.
+DEQUEUE_TIMEOUT = timedelta(seconds=30)
+#: Jobs claimed per statement (and the completion write batch size).
+BATCH_SIZE = 10
+#: A picked job whose heartbeat is older than this is re-picked by any worker.
+#: Every worker of a fleet, PgQueuer's included, must use the same value.
+HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+#: How often a worker folds its log rows into statistics (0 or None disables).
+LOG_AGGREGATION_INTERVAL = timedelta(seconds=30)
+#: Handler threads (and in-flight jobs, async ones included) per worker.
+CONCURRENCY = 10
+#: Re-poll interval while eligible work exists but limits blocked it.
+MIN_DEQUEUE_POLL_INTERVAL = 0.1
+#: The listener probes itself this often and waits this long for the echo.
+HEALTH_CHECK_INTERVAL = 10.0
+HEALTH_CHECK_TIMEOUT = timedelta(seconds=10)
+
+
+def duration(name: str, value: timedelta | float | int) -> timedelta:
+    """A non-negative ``timedelta`` from a ``timedelta`` or seconds."""
+    if isinstance(value, bool) or not isinstance(value, timedelta | float | int):
+        raise ConfigurationError(f"{name} must be a timedelta or seconds, got {value!r}")
+    result = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if result < timedelta(0):
+        raise ConfigurationError(f"{name} must not be negative, got {value!r}")
+    return result
+
+
+def positive_duration(name: str, value: timedelta | float | int) -> timedelta:
+    """Like :func:`duration`, but zero is rejected too."""
+    result = duration(name, value)
+    if result == timedelta(0):
+        raise ConfigurationError(f"{name} must be greater than zero, got {value!r}")
+    return result
+
+
+def optional_duration(name: str, value: timedelta | float | int | None) -> timedelta | None:
+    """``None`` stays ``None``; anything else must be a positive duration."""
+    return None if value is None else positive_duration(name, value)
+
+
+def positive_int(name: str, value: int) -> int:
+    """An ``int`` >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_entrypoint_name(name: str, registry: Mapping[str, object]) -> None:
+    """Reject empty or already registered names."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"entrypoint name must be a non-empty string, got {name!r}")
+    if name in registry:
+        raise ConfigurationError(f"entrypoint {name!r} is already registered; names must be unique")
+
+
+def concurrency_limit(limit: int, serialized_dispatch: bool) -> int:
+    """The fleet-wide limit; ``serialized_dispatch=True`` means 1."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigurationError(f"concurrency_limit must be an int >= 0, got {limit!r}")
+    if serialized_dispatch:
+        if limit not in (0, 1):
+            raise ConfigurationError(
+                f"serialized_dispatch=True means concurrency_limit=1; got concurrency_limit={limit}"
+            )
+        return 1
+    return limit
+
+
+def on_failure(value: str) -> OnFailure:
+    """``"delete"`` or ``"hold"``."""
+    if value not in ON_FAILURE_MODES:
+        raise ConfigurationError(f"on_failure must be 'delete' or 'hold', got {value!r}")
+    return value
+
+
+def rate_bucket(rate: float) -> TokenBucket | None:
+    """A token bucket for a finite ``requests_per_second``, else ``None``."""
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or math.isnan(rate):
+        raise ConfigurationError(f"requests_per_second must be a number, got {rate!r}")
+    if rate <= 0:
+        raise ConfigurationError(f"requests_per_second must be > 0, got {rate!r}")
+    return None if math.isinf(rate) else TokenBucket(rate)
+
+
+def execution_mode(mode: QueueExecutionMode | str) -> QueueExecutionMode:
+    """``continuous`` or ``drain``, from the enum or its name."""
+    try:
+        return QueueExecutionMode(mode)
+    except ValueError:
+        raise ConfigurationError(
+            f"mode must be 'continuous' or 'drain', got {mode!r}"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Validated ``run()`` arguments."""
+
+    dequeue_timeout: timedelta
+    batch_size: int
+    mode: QueueExecutionMode
+    max_concurrent_tasks: int | None
+    shutdown_on_listener_failure: bool
+    heartbeat_timeout: timedelta
+    log_aggregation_interval: timedelta | None
+    concurrency: int
+    shutdown_timeout: timedelta | None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        dequeue_timeout: timedelta | float,
+        batch_size: int,
+        mode: QueueExecutionMode | str,
+        max_concurrent_tasks: int | None,
+        shutdown_on_listener_failure: bool,
+        heartbeat_timeout: timedelta | float,
+        log_aggregation_interval: timedelta | float | None,
+        concurrency: int | None,
+        shutdown_timeout: timedelta | float | None,
+    ) -> RunOptions:
+        """Validate everything up front; raises :class:`ConfigurationError`."""
+        batch = positive_int("batch_size", batch_size)
+        aggregation = None if log_aggregation_interval is None else duration(
+            "log_aggregation_interval", log_aggregation_interval
+        )
+        return cls(
+            dequeue_timeout=positive_duration("dequeue_timeout", dequeue_timeout),
+            batch_size=batch,
+            mode=execution_mode(mode),
+            max_concurrent_tasks=_budget(max_concurrent_tasks, batch),
+            shutdown_on_listener_failure=bool(shutdown_on_listener_failure),
+            heartbeat_timeout=positive_duration("heartbeat_timeout", heartbeat_timeout),
+            log_aggregation_interval=aggregation or None,
+            concurrency=positive_int("concurrency", CONCURRENCY if concurrency is None
+                                     else concurrency),
+            shutdown_timeout=None if shutdown_timeout is None else duration(
+                "shutdown_timeout", shutdown_timeout
+            ),
+        )
+
+
+def _budget(max_concurrent_tasks: int | None, batch_size: int) -> int | None:
+    if not max_concurrent_tasks:
+        return None
+    positive_int("max_concurrent_tasks", max_concurrent_tasks)
+    if max_concurrent_tasks < 2 * batch_size:
+        raise ConfigurationError(
+            f"max_concurrent_tasks ({max_concurrent_tasks}) must be at least twice batch_size "
+            f"({batch_size}); raise it or lower batch_size"
+        )
+    return max_concurrent_tasks

@@ -1,0 +1,612 @@
+"""``QueueManager``: the worker. Claims jobs, runs handlers in threads (or on the
+event-loop thread for ``async def``), records outcomes, and shuts down without
+losing a job.
+
+Threads (all named ``pgqueue_sync-*``): the caller of :meth:`QueueManager.run`
+is the dispatcher; ``-runner-N`` run handlers; ``-listener`` receives NOTIFY;
+``-flusher`` writes outcomes; ``-heartbeat`` keeps running jobs alive;
+``-health`` probes the listener; ``-aggregator`` folds logs into statistics;
+``-event-loop`` runs coroutines when an async handler is registered.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import Callable, MutableMapping
+from datetime import timedelta
+from types import FrameType
+from typing import Any, TypeVar
+
+from . import options
+from .aio import EventLoopThread
+from .buffers import CompletionBuffer, Heartbeats, Retry
+from .cancellation import CancellationToken, Context, JobCancelled
+from .errors import ConfigurationError, FailingListenerError, PgqException, SchemaError
+from .executors import (
+    AbstractEntrypointExecutor,
+    EntrypointExecutor,
+    EntrypointExecutorParameters,
+    accepts_context,
+    retry_request,
+)
+from .listener import Listener
+from .models import (
+    AnyEvent,
+    CancellationEvent,
+    HealthCheckEvent,
+    Job,
+    TableChangedEvent,
+    TracebackRecord,
+)
+from .queries import EntrypointExecutionParameter, Queries
+from .ratelimit import TokenBucket
+from .threads import HandlerPool, Ticker
+from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, QueueManagerId
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+ExecutorFactory = Callable[[EntrypointExecutorParameters], AbstractEntrypointExecutor]
+
+
+@dataclasses.dataclass
+class _Registration:
+    executor: AbstractEntrypointExecutor
+    on_failure: OnFailure
+    claim: EntrypointExecutionParameter
+    bucket: TokenBucket | None
+
+
+class _ShutdownNow(BaseException):
+    """Raised in the dispatcher by a second signal.
+
+    A BaseException so no ``except Exception`` between the signal and
+    :meth:`QueueManager.run` can swallow it.
+    """
+
+
+class QueueManager:
+    """A worker over :class:`Queries`; register entrypoints, then call :meth:`run`.
+
+    ``resources`` is shared by reference with every job's :class:`Context`.
+    ``shutdown`` is a :class:`threading.Event`: set it from any thread (or a
+    handler) to stop :meth:`run` gracefully.
+    """
+
+    def __init__(
+        self,
+        queries: Queries,
+        channel: Channel | str | None = None,
+        *,
+        resources: MutableMapping[str, Any] | None = None,
+        shutdown: threading.Event | None = None,
+    ) -> None:
+        self.queries = queries
+        self.channel = Channel(channel or queries.settings.channel)
+        self.resources: MutableMapping[str, Any] = {} if resources is None else resources
+        self.shutdown = shutdown or threading.Event()
+        self.queue_manager_id = QueueManagerId(uuid.uuid4())
+        self.entrypoint_registry: dict[str, _Registration] = {}
+        self.job_context: dict[JobId, Context] = {}
+        self.jobs_logged = 0
+        self._lock = threading.Condition()
+        self._wake = threading.Event()
+        self._abandoned: set[int] = set()
+        self._pending_probes: dict[uuid.UUID, threading.Event] = {}
+        self._listener_error: FailingListenerError | None = None
+        self._dispatched_since_aggregation = False
+        self._loop: EventLoopThread | None = None
+        self._buffer: CompletionBuffer | None = None
+        self._heartbeats: Heartbeats | None = None
+        self._pool: HandlerPool | None = None
+
+    # -- registration ----------------------------------------------------------------------
+
+    def entrypoint(
+        self,
+        name: str,
+        *,
+        concurrency_limit: int = 0,
+        accepts_context: bool | None = None,
+        on_failure: OnFailure = "delete",
+        executor_factory: ExecutorFactory | None = None,
+        serialized_dispatch: bool = False,
+        requests_per_second: float = float("inf"),
+        retry_timer: timedelta | float | None = None,
+    ) -> Callable[[F], F]:
+        """Register a ``def`` or ``async def`` handler for jobs of ``name``.
+
+        Example::
+
+            @qm.entrypoint("send_email", concurrency_limit=4)
+            def send_email(job: Job) -> None: ...
+
+        ``concurrency_limit`` caps running jobs fleet-wide (every worker must
+        register the same limit); ``serialized_dispatch=True`` means a limit of 1.
+        ``requests_per_second`` is a token bucket in *this* worker.
+        ``retry_timer`` is this entrypoint's stale-job timeout (default: the
+        worker's ``heartbeat_timeout``). Raises :class:`ConfigurationError`.
+        """
+
+        def register(func: F) -> F:
+            options.check_entrypoint_name(name, self.entrypoint_registry)
+            limit = options.concurrency_limit(concurrency_limit, serialized_dispatch)
+            parameters = EntrypointExecutorParameters(
+                concurrency_limit=limit,
+                func=func,
+                accepts_context=_accepts(func, accepts_context),
+                on_failure=options.on_failure(on_failure),
+            )
+            executor = (executor_factory or EntrypointExecutor)(parameters)
+            stale = options.optional_duration("retry_timer", retry_timer)
+            self._register(name, executor, limit, requests_per_second, stale)
+            return func
+
+        return register
+
+    def register_executor(self, name: str, executor: AbstractEntrypointExecutor) -> None:
+        """Register a ready-made executor for ``name``."""
+        options.check_entrypoint_name(name, self.entrypoint_registry)
+        limit = executor.parameters.concurrency_limit
+        self._register(name, executor, limit, float("inf"), None)
+
+    def _register(
+        self,
+        name: str,
+        executor: AbstractEntrypointExecutor,
+        limit: int,
+        rate: float,
+        stale_after: timedelta | None,
+    ) -> None:
+        bucket = options.rate_bucket(rate)
+        claim = EntrypointExecutionParameter(concurrency_limit=limit, stale_after=stale_after)
+        self.entrypoint_registry[name] = _Registration(
+            executor, executor.parameters.on_failure, claim, bucket
+        )
+
+    def get_context(self, job_id: int) -> Context:
+        """The context of a job running in this worker; :class:`PgqException` if none."""
+        try:
+            return self.job_context[JobId(job_id)]
+        except KeyError:
+            raise PgqException(f"job {job_id} is not running in this worker") from None
+
+    # -- run -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        dequeue_timeout: timedelta | float = options.DEQUEUE_TIMEOUT,
+        batch_size: int = options.BATCH_SIZE,
+        mode: QueueExecutionMode | str = QueueExecutionMode.continuous,
+        max_concurrent_tasks: int | None = None,
+        shutdown_on_listener_failure: bool = False,
+        heartbeat_timeout: timedelta | float = options.HEARTBEAT_TIMEOUT,
+        log_aggregation_interval: timedelta | float | None = options.LOG_AGGREGATION_INTERVAL,
+        concurrency: int | None = None,
+        shutdown_timeout: timedelta | float | None = None,
+    ) -> None:
+        """Process jobs until :attr:`shutdown` is set (or, in drain mode, until idle).
+
+        Blocks the calling thread. Installs SIGINT/SIGTERM handlers only when
+        called from the main thread: the first signal stops claiming and lets
+        running jobs finish within ``shutdown_timeout`` (``None``: wait for
+        them); jobs still running then, or at a second signal, are returned
+        to the queue at once. Raises :class:`ConfigurationError` for invalid
+        arguments before touching the database, :class:`SchemaError` when the
+        schema is missing, and :class:`FailingListenerError` when the listener
+        fails its health check and ``shutdown_on_listener_failure`` is set.
+        """
+        opts = options.RunOptions.build(
+            dequeue_timeout=dequeue_timeout,
+            batch_size=batch_size,
+            mode=mode,
+            max_concurrent_tasks=max_concurrent_tasks,
+            shutdown_on_listener_failure=shutdown_on_listener_failure,
+            heartbeat_timeout=heartbeat_timeout,
+            log_aggregation_interval=log_aggregation_interval,
+            concurrency=concurrency,
+            shutdown_timeout=shutdown_timeout,
+        )
+        if not self.entrypoint_registry:
+            raise ConfigurationError("no entrypoints registered; decorate a handler first")
+        self.verify_structure()
+        with _SignalHandlers(self._on_signal):
+            self._run(opts)
+        if self._listener_error is not None:
+            raise self._listener_error
+
+    def verify_structure(self) -> None:
+        """Raise :class:`SchemaError` unless the tables, columns and indexes a 1.6 worker
+        needs exist."""
+        from .schema import Schema
+
+        problems = Schema(self.queries.driver, self.queries.settings).verify("present")
+        if problems:
+            raise SchemaError(
+                "the queue schema is missing or outdated: " + "; ".join(problems)
+                + " (run 'pgq-sync install' or 'pgq-sync upgrade')"
+            )
+
+    def _run(self, opts: options.RunOptions) -> None:
+        self.shutdown_requested_twice = False
+        stack = _Lifecycle()
+        try:
+            self._start(opts, stack)
+            logger.info(
+                "worker %s started: entrypoints %s, concurrency %d",
+                self.queue_manager_id, sorted(self.entrypoint_registry), opts.concurrency,
+            )
+            self._dispatch_loop(opts)
+            self._wait_for_running(opts.shutdown_timeout)
+        except _ShutdownNow:
+            logger.warning("second signal: stopping now")
+        finally:
+            self._release_unfinished()
+            stack.close()
+            logger.info("worker %s stopped", self.queue_manager_id)
+
+    def _start(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
+        if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):
+            self._loop = EventLoopThread().start()
+            stack.push(self._loop.close)
+        self._pool = HandlerPool(opts.concurrency)
+        stack.push(self._pool.stop)
+        self._buffer = CompletionBuffer(self.queries, max_size=opts.batch_size,
+                                        on_written=self._on_written)
+        self._buffer.start()
+        stack.push(self._buffer.stop)
+        self._heartbeats = Heartbeats(self.queries, self._shortest_stale(opts))
+        self._heartbeats.start()
+        stack.push(self._heartbeats.stop)
+        stack.push(self._start_listener())
+        health = Ticker(lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
+                        name="pgqueue_sync-health", jitter=0.0).start()
+        stack.push(health.stop)
+        if opts.log_aggregation_interval:
+            aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
+                                name="pgqueue_sync-aggregator").start()
+            stack.push(aggregator.stop)
+
+    def _shortest_stale(self, opts: options.RunOptions) -> timedelta:
+        timeouts = [reg.claim.stale_after for reg in self.entrypoint_registry.values()]
+        return min([opts.heartbeat_timeout, *(t for t in timeouts if t is not None)])
+
+    def _start_listener(self) -> Callable[[], None]:
+        driver = self.queries.driver
+        if hasattr(driver, "add_listener"):  # the in-memory driver fans out in-process
+            return driver.add_listener(self._on_payload)  # type: ignore[no-any-return]
+        if not hasattr(driver, "new_connection"):
+            raise ConfigurationError(
+                f"{type(driver).__name__} cannot open a LISTEN connection; "
+                "use SyncPsycopgDriver or SyncPsycopgPoolDriver for workers"
+            )
+        listener = Listener(
+            driver.new_connection,
+            self.channel,
+            on_event=self._on_event,
+            on_reconnect=self._wake.set,
+        )
+        listener.start()
+        return listener.stop
+
+    # -- the dispatch loop -----------------------------------------------------------------
+
+    def _dispatch_loop(self, opts: options.RunOptions) -> None:
+        while not self.shutdown.is_set():
+            self._wake.clear()
+            short = self._fill(opts)
+            if short is None:  # local capacity full: wait for a slot to free up
+                self._wake.wait(opts.dequeue_timeout.total_seconds())
+                continue
+            state = self.queries.poll_state(self.entrypoint_registry)
+            if opts.mode is QueueExecutionMode.drain and not state.queued and not self._running():
+                logger.info("drain mode: no work left")
+                return
+            self._wake.wait(self._idle_wait(opts, state.eligible, state.eta, state.queued))
+
+    def _fill(self, opts: options.RunOptions) -> bool | None:
+        """Claim and start jobs while there is room; None when local capacity is full."""
+        while not self.shutdown.is_set():
+            free = opts.concurrency - self._running()
+            if free <= 0:
+                return None
+            wanted = min(opts.batch_size, free)
+            jobs = self._claim(opts, wanted)
+            for job in jobs:
+                self._dispatch(job)
+            if len(jobs) < wanted:
+                return True
+        return True
+
+    def _claim(self, opts: options.RunOptions, wanted: int) -> list[Job]:
+        open_eps, rated = self._claimable()
+        jobs: list[Job] = []
+        if open_eps:
+            jobs += self._dequeue(opts, wanted, open_eps)
+        for name, tokens in rated:
+            if len(jobs) >= wanted:
+                break
+            batch = min(wanted - len(jobs), tokens)
+            claimed = self._dequeue(opts, batch, {name: self.entrypoint_registry[name].claim})
+            bucket = self.entrypoint_registry[name].bucket
+            if bucket is not None:
+                bucket.take(len(claimed))
+            jobs += claimed
+        return jobs
+
+    def _claimable(self) -> tuple[dict[str, EntrypointExecutionParameter], list[tuple[str, int]]]:
+        open_eps: dict[str, EntrypointExecutionParameter] = {}
+        rated: list[tuple[str, int]] = []
+        for name, reg in self.entrypoint_registry.items():
+            if reg.bucket is None:
+                open_eps[name] = reg.claim
+            elif (tokens := reg.bucket.available()) > 0:
+                rated.append((name, tokens))
+        return open_eps, rated
+
+    def _dequeue(
+        self, opts: options.RunOptions, batch: int, eps: dict[str, EntrypointExecutionParameter]
+    ) -> list[Job]:
+        return self.queries.dequeue(
+            batch, eps, self.queue_manager_id, opts.max_concurrent_tasks, opts.heartbeat_timeout
+        )
+
+    def _idle_wait(
+        self, opts: options.RunOptions, eligible: bool, eta: timedelta | None, queued: bool
+    ) -> float:
+        # UPDATEs (retries, requeues, seat releases) never notify: poll for them.
+        longest = opts.dequeue_timeout.total_seconds()
+        if eligible:
+            wait = options.MIN_DEQUEUE_POLL_INTERVAL
+        elif eta is not None:
+            wait = min(max(eta.total_seconds(), options.MIN_DEQUEUE_POLL_INTERVAL), longest)
+        else:
+            wait = options.MIN_DEQUEUE_POLL_INTERVAL if queued else longest
+        buckets = [r.bucket for r in self.entrypoint_registry.values() if r.bucket is not None]
+        if buckets:
+            wait = min(wait, max(min(b.seconds_until_token() for b in buckets), 0.01))
+        return wait
+
+    def _running(self) -> int:
+        with self._lock:
+            return len(self.job_context)
+
+    # -- running one job -------------------------------------------------------------------
+
+    def _dispatch(self, job: Job) -> None:
+        reg = self.entrypoint_registry[job.entrypoint]
+        context = Context(CancellationToken(), self.resources)
+        with self._lock:
+            if job.id in self.job_context:
+                # Our own stale re-pick of a job that is still running here.
+                return
+            self.job_context[job.id] = context
+        self._dispatched_since_aggregation = True
+        assert self._heartbeats is not None and self._pool is not None
+        self._heartbeats.track(job.id, reg.claim.stale_after)
+        if reg.executor.is_async:
+            self._start_async(job, context, reg)
+        else:
+            self._pool.submit(self._run_sync, job, context, reg)
+
+    def _run_sync(self, job: Job, context: Context, reg: _Registration) -> None:
+        error: BaseException | None = None
+        if not context.cancellation.cancelled:
+            try:
+                reg.executor.execute(job, context)
+            except Exception as exc:  # the handler's failure is the job's outcome
+                error = exc
+        self._finish(job, context, reg, error, cancelled=False)
+
+    def _start_async(self, job: Job, context: Context, reg: _Registration) -> None:
+        assert self._loop is not None
+        future = self._loop.submit(reg.executor.execute(job, context))
+        context.cancellation.add_callback(future.cancel)
+        future.add_done_callback(lambda f: self._finish_async(job, context, reg, f))
+
+    def _finish_async(
+        self, job: Job, context: Context, reg: _Registration, future: concurrent.futures.Future[Any]
+    ) -> None:
+        cancelled = future.cancelled()
+        error = None if cancelled else future.exception()
+        self._finish(job, context, reg, error, cancelled=cancelled)
+
+    def _finish(
+        self,
+        job: Job,
+        context: Context,
+        reg: _Registration,
+        error: BaseException | None,
+        *,
+        cancelled: bool,
+    ) -> None:
+        assert self._heartbeats is not None and self._buffer is not None
+        self._heartbeats.untrack(job.id)
+        with self._lock:
+            self.job_context.pop(job.id, None)
+            abandoned = job.id in self._abandoned
+            self._lock.notify_all()
+        self._wake.set()
+        if abandoned:
+            logger.warning("job %d finished after it was handed back to the queue", job.id)
+            return
+        self._record(job, context, reg, error, cancelled)
+
+    def _record(
+        self,
+        job: Job,
+        context: Context,
+        reg: _Registration,
+        error: BaseException | None,
+        cancelled: bool,
+    ) -> None:
+        assert self._buffer is not None
+        if cancelled or isinstance(error, JobCancelled) or (
+            error is None and context.cancellation.cancelled
+        ):
+            self._buffer.add(job, "canceled", None)
+            return
+        if error is None:
+            self._buffer.add(job, "successful", None)
+            return
+        retry = retry_request(error)
+        fallback: JOB_STATUS = "failed" if reg.on_failure == "hold" else "exception"
+        if retry is not None:
+            record = self._traceback(job, error, attempt=job.attempts,
+                                     retry_delay=str(retry.delay), reason=retry.reason)
+            self._buffer.add_retry(Retry(job, retry.delay, record, fallback))
+            return
+        logger.error("job %d (%r) failed", job.id, job.entrypoint, exc_info=error)
+        self._buffer.add(job, fallback, self._traceback(job, error))
+
+    def _traceback(self, job: Job, error: BaseException, **extra: Any) -> TracebackRecord:
+        context = {"entrypoint": job.entrypoint, "queue_manager_id": str(self.queue_manager_id)}
+        return TracebackRecord.from_exception(
+            error, job_id=job.id, additional_context={**context, **extra}
+        )
+
+    def _on_written(self, jobs: list[Job]) -> None:
+        self.jobs_logged += len(jobs)
+        # A written outcome may free a fleet-wide seat: claim again.
+        self._wake.set()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_payload(self, payload: str) -> None:
+        from .models import parse_event
+
+        event = parse_event(payload)
+        if event is not None:
+            self._on_event(event)
+
+    def _on_event(self, event: AnyEvent) -> None:
+        if isinstance(event, TableChangedEvent):
+            if event.operation == "insert" or event.operation == "delete":
+                self._wake.set()
+        elif isinstance(event, CancellationEvent):
+            self._cancel_local(event.ids)
+        elif isinstance(event, HealthCheckEvent):
+            probe = self._pending_probes.pop(event.id, None)
+            if probe is not None:
+                probe.set()
+
+    def _cancel_local(self, ids: list[JobId]) -> None:
+        with self._lock:
+            contexts = [self.job_context[i] for i in ids if i in self.job_context]
+        for context in contexts:
+            context.cancellation.cancel()
+
+    def listener_healthy(self, timeout: timedelta | float = options.HEALTH_CHECK_TIMEOUT) -> bool:
+        """Send a probe on the channel and wait for this worker's listener to receive it."""
+        seconds = options.duration("timeout", timeout).total_seconds()
+        probe_id, received = uuid.uuid4(), threading.Event()
+        self._pending_probes[probe_id] = received
+        try:
+            self.queries.notify_health_check(probe_id)
+            return received.wait(seconds)
+        finally:
+            self._pending_probes.pop(probe_id, None)
+
+    def _probe_listener(self, opts: options.RunOptions) -> None:
+        if self.listener_healthy():
+            return
+        logger.warning("listener health check failed: no echo within %.0fs",
+                       options.HEALTH_CHECK_TIMEOUT)
+        if opts.shutdown_on_listener_failure and opts.mode is not QueueExecutionMode.drain:
+            self._listener_error = FailingListenerError()
+            self.shutdown.set()
+            self._wake.set()
+
+    def _aggregate(self) -> None:
+        if self._dispatched_since_aggregation:
+            self._dispatched_since_aggregation = False
+            self.queries.aggregate_logs()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        if self.shutdown.is_set():
+            raise _ShutdownNow()
+        logger.info("received %s: finishing running jobs", signal.Signals(signum).name)
+        self.shutdown.set()
+        self._wake.set()
+
+    def _wait_for_running(self, timeout: timedelta | None) -> None:
+        deadline = None if timeout is None else timeout.total_seconds()
+        with self._lock:
+            self._lock.wait_for(lambda: not self.job_context, deadline)
+
+    def _release_unfinished(self) -> None:
+        with self._lock:
+            running = dict(self.job_context)
+            self._abandoned.update(running)
+        for context in running.values():
+            context.cancellation.cancel()
+        if not running:
+            return
+        reason = PgqException("the worker shut down before the job finished")
+        records = {
+            job_id: TracebackRecord.from_exception(
+                reason, job_id=job_id,
+                additional_context={"queue_manager_id": str(self.queue_manager_id),
+                                    "reason": "shutdown"},
+            )
+            for job_id in running
+        }
+        try:
+            released = self.queries.release_jobs(records, self.queue_manager_id)
+        except PgqException as exc:
+            logger.error("could not hand %d running jobs back (%s); they will be re-picked "
+                         "once their heartbeat is stale", len(running), exc)
+            return
+        logger.warning("handed %d unfinished jobs back to the queue: %s",
+                       len(released), sorted(released))
+
+
+def _accepts(func: Callable[..., Any], given: bool | None) -> bool:
+    return accepts_context(func) if given is None else given
+
+
+class _Lifecycle:
+    """Stop callbacks, run in reverse order; one failure does not skip the rest."""
+
+    def __init__(self) -> None:
+        self._stops: list[Callable[[], object]] = []
+
+    def push(self, stop: Callable[[], object]) -> None:
+        self._stops.append(stop)
+
+    def close(self) -> None:
+        while self._stops:
+            stop = self._stops.pop()
+            try:
+                stop()
+            except Exception:  # keep stopping the others
+                logger.exception("error while stopping %r", stop)
+
+
+class _SignalHandlers:
+    """Routes SIGINT/SIGTERM to a callback while active, on the main thread only."""
+
+    def __init__(self, callback: Callable[[int], None]) -> None:
+        self._callback = callback
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalHandlers:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._callback(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,126 @@
+"""Thread plumbing: the handler pool and periodic tickers. No database code here."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: How long a stop() waits for each thread before warning and moving on.
+JOIN_TIMEOUT = 5.0
+#: Longest blocking get() in a pool thread, so no wait is unbounded.
+POOL_GET_TIMEOUT = 60.0
+
+_STOP = object()
+
+
+class HandlerPool:
+    """A fixed set of named daemon threads running submitted callables.
+
+    Unlike ``concurrent.futures.ThreadPoolExecutor`` the threads are daemons:
+    a handler that never returns cannot keep the process alive after a
+    bounded shutdown (the interpreter joins executor threads at exit).
+    Exceptions escaping a callable are logged, never lost silently.
+    """
+
+    def __init__(self, size: int, *, name: str = "pgqueue_sync-runner") -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """Queue ``fn(*args)`` for the next free thread; never blocks."""
+        self._queue.put((fn, args))
+
+    def stop(self, timeout: float = JOIN_TIMEOUT) -> list[str]:
+        """Stop the threads after queued work; returns names still running at ``timeout``."""
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        stuck = []
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                stuck.append(thread.name)
+        return stuck
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=POOL_GET_TIMEOUT)
+            except queue.Empty:
+                continue
+            if item is _STOP:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:  # the loop must not die
+                logger.exception("uncaught error in handler thread")
+
+
+class Ticker:
+    """Calls ``fn()`` every ``interval`` seconds (± ``jitter`` fraction) in a named thread.
+
+    Errors from ``fn`` are logged and the ticker carries on. ``wake()`` runs
+    the next tick at once; ``stop()`` runs ``final`` (if given) on the thread.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        interval: float,
+        *,
+        name: str,
+        jitter: float = 0.2,
+        final: Callable[[], object] | None = None,
+    ) -> None:
+        self._fn = fn
+        self._final = final
+        self.interval = interval
+        self._jitter = jitter
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Ticker:
+        """Start the thread; returns self."""
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Run the next tick now instead of at the end of the interval."""
+        self._wake.set()
+
+    def stop(self, timeout: float = JOIN_TIMEOUT) -> None:
+        """Stop after the current tick (then run ``final``); bounded join."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("thread %s did not stop within %.1fs", self._thread.name, timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval * random.uniform(1 - self._jitter, 1 + self._jitter))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self._call(self._fn)
+        if self._final is not None:
+            self._call(self._final)
+
+    def _call(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:  # the loop must not die
+            logger.exception("periodic task in %s failed", self._thread.name)

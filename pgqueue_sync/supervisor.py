@@ -1,0 +1,173 @@
+"""Run a worker from a ``module:factory`` path, as ``pgq-sync run`` does.
+
+The factory is called (with the arguments after ``--`` as one ``list[str]`` if
+it takes a parameter) and must return a :class:`PgQueuer` or
+:class:`QueueManager`, or a context manager that yields one, for set-up and
+tear-down of resources around the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from .applications import PgQueuer
+from .errors import ConfigurationError, PgqException
+from .options import duration
+from .qm import QueueManager
+
+logger = logging.getLogger(__name__)
+
+RESTART_DELAY = timedelta(seconds=5)
+Runnable = PgQueuer | QueueManager
+
+
+def load_factory(path: str) -> Callable[..., Any]:
+    """Import ``module:attribute`` (current directory first on ``sys.path``)."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"factory must look like 'module:function', got {path!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigurationError(
+                f"cannot import module {module_name!r} (run from the directory that holds it, "
+                "or fix PYTHONPATH)"
+            ) from exc
+        raise
+    factory = getattr(module, attribute, None)
+    if factory is None:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}")
+    if not callable(factory):
+        raise ConfigurationError(f"{path} is not callable; point at a factory function")
+    return factory  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def build(factory: Callable[..., Any], args: Sequence[str]) -> Iterator[Runnable]:
+    """Call the factory and yield the worker it makes, entering its context manager."""
+    made = _call(factory, list(args))
+    if isinstance(made, (PgQueuer, QueueManager)):
+        yield made
+        return
+    if inspect.iscoroutine(made) or hasattr(made, "__aenter__"):
+        if inspect.iscoroutine(made):
+            made.close()
+        raise ConfigurationError(
+            "the factory is async; pgq-sync needs a plain function or a "
+            "@contextlib.contextmanager returning a PgQueuer or QueueManager"
+        )
+    if not hasattr(made, "__enter__"):
+        raise ConfigurationError(
+            f"the factory returned {type(made).__name__}; return a PgQueuer or QueueManager, "
+            "or a context manager that yields one"
+        )
+    with made as worker:
+        if not isinstance(worker, (PgQueuer, QueueManager)):
+            raise ConfigurationError(
+                f"the factory's context manager yielded {type(worker).__name__}; "
+                "yield a PgQueuer or QueueManager"
+            )
+        yield worker
+
+
+def _call(factory: Callable[..., Any], args: list[str]) -> Any:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return factory(args)
+    if params:
+        return factory(args)
+    if args:
+        raise ConfigurationError(
+            "arguments were given after '--' but the factory takes no parameter; "
+            "add one (it receives the arguments as a list of strings)"
+        )
+    return factory()
+
+
+def run(
+    factory: str | Callable[..., Any],
+    args: Sequence[str] = (),
+    *,
+    restart_on_failure: bool = False,
+    restart_delay: timedelta | float = RESTART_DELAY,
+    shutdown: threading.Event | None = None,
+    **run_options: Any,
+) -> None:
+    """Build the worker and run it until shutdown; ``run_options`` go to ``run()``.
+
+    With ``restart_on_failure`` a failed cycle is rebuilt from the factory and
+    restarted after ``restart_delay``; a requested shutdown never restarts.
+    Raises :class:`ConfigurationError` for a bad factory.
+    """
+    fn = load_factory(factory) if isinstance(factory, str) else factory
+    stop = shutdown or threading.Event()
+    delay = duration("restart_delay", restart_delay).total_seconds()
+    with _stop_on_signals(stop):
+        while not stop.is_set():
+            try:
+                _run_once(fn, args, stop, run_options)
+                return
+            except ConfigurationError:
+                raise
+            except PgqException as exc:
+                if not restart_on_failure:
+                    raise
+                logger.error("worker failed (%s); restarting in %.1fs", exc, delay)
+            except Exception:
+                if not restart_on_failure:
+                    raise
+                logger.exception("worker failed; restarting in %.1fs", delay)
+            stop.wait(delay)
+
+
+def _run_once(
+    factory: Callable[..., Any], args: Sequence[str], stop: threading.Event, options: Any
+) -> None:
+    with build(factory, args) as worker:
+        qm = worker.qm if isinstance(worker, PgQueuer) else worker
+        relay = threading.Thread(
+            target=_relay, args=(stop, qm.shutdown), name="pgqueue_sync-shutdown-relay", daemon=True
+        )
+        relay.start()
+        try:
+            worker.run(**options)
+        finally:
+            qm.shutdown.set()  # ends the relay thread
+            relay.join(timeout=1.0)
+
+
+def _relay(source: threading.Event, target: threading.Event) -> None:
+    # Forward a supervisor-level stop (e.g. a signal between cycles) to the worker.
+    while not target.is_set():
+        if source.wait(0.5):
+            target.set()
+            return
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

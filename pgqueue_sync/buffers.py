@@ -76,6 +76,9 @@ class CompletionBuffer:
         self._lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._retries: list[Retry] = []
+        self._writing = 0
+        # Serialises flushes from the ticker and from stop() on another thread.
+        self._flush_lock = threading.Lock()
         self._ticker = Ticker(self.flush, COMPLETION_FLUSH_INTERVAL, name=name)
 
     def start(self) -> None:
@@ -97,20 +100,27 @@ class CompletionBuffer:
         self._ticker.wake()
 
     def pending(self) -> int:
-        """Outcomes and retries not yet written."""
+        """Outcomes and retries not yet written, counting those being written now."""
         with self._lock:
-            return len(self._outcomes) + len(self._retries)
+            return len(self._outcomes) + len(self._retries) + self._writing
 
     def flush(self) -> None:
         """Write everything queued; on failure keep it for the next attempt and raise."""
-        with self._lock:
-            retries, self._retries = self._retries, []
-        for retry in retries:
-            self._write_retry(retry)
-        with self._lock:
-            outcomes, self._outcomes = self._outcomes, []
-        if not outcomes:
-            return
+        with self._flush_lock:
+            with self._lock:
+                retries, self._retries = self._retries, []
+                outcomes, self._outcomes = self._outcomes, []
+                self._writing = len(retries) + len(outcomes)
+            try:
+                for retry in retries:
+                    self._write_retry(retry)
+                if outcomes:
+                    self._write_outcomes(outcomes)
+            finally:
+                with self._lock:
+                    self._writing = 0
+
+    def _write_outcomes(self, outcomes: list[Outcome]) -> None:
         try:
             self._writer.log_jobs(list(outcomes))
         except PgqException:

@@ -45,7 +45,7 @@ from .models import (
 )
 from .queries import EntrypointExecutionParameter, Queries
 from .ratelimit import TokenBucket
-from .threads import HandlerPool, Ticker
+from .threads import JOIN_TIMEOUT, HandlerPool, Ticker
 from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, QueueManagerId
 
 logger = logging.getLogger(__name__)
@@ -255,8 +255,9 @@ class QueueManager:
         if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):
             self._loop = EventLoopThread().start()
             stack.push(self._loop.close)
-        self._pool = HandlerPool(opts.concurrency)
-        stack.push(self._pool.stop)
+        pool = self._pool = HandlerPool(opts.concurrency)
+        # Threads of handed-back jobs may never return; don't wait for them.
+        stack.push(lambda: pool.stop(0.0 if self._abandoned else JOIN_TIMEOUT))
         self._buffer = CompletionBuffer(self.queries, max_size=opts.batch_size,
                                         on_written=self._on_written)
         self._buffer.start()
@@ -304,10 +305,19 @@ class QueueManager:
             if short is None:  # local capacity full: wait for a slot to free up
                 self._wake.wait(opts.dequeue_timeout.total_seconds())
                 continue
+            # Order matters: a finishing job buffers its outcome before it stops
+            # counting as running, and the probe runs last, so a retry cannot slip
+            # between the three reads and end drain mode early.
+            busy = self._running() > 0
+            writes_pending = self._buffer is not None and self._buffer.pending() > 0
             state = self.queries.poll_state(self.entrypoint_registry)
-            if opts.mode is QueueExecutionMode.drain and not state.queued and not self._running():
+            if opts.mode is QueueExecutionMode.drain and not (
+                busy or writes_pending or state.queued
+            ):
                 logger.info("drain mode: no work left")
                 return
+            if writes_pending:
+                state = dataclasses.replace(state, queued=True)
             self._wake.wait(self._idle_wait(opts, state.eligible, state.eta, state.queued))
 
     def _fill(self, opts: options.RunOptions) -> bool | None:
@@ -426,17 +436,20 @@ class QueueManager:
         *,
         cancelled: bool,
     ) -> None:
-        assert self._heartbeats is not None and self._buffer is not None
+        assert self._heartbeats is not None
         self._heartbeats.untrack(job.id)
         with self._lock:
-            self.job_context.pop(job.id, None)
             abandoned = job.id in self._abandoned
-            self._lock.notify_all()
-        self._wake.set()
         if abandoned:
             logger.warning("job %d finished after it was handed back to the queue", job.id)
-            return
-        self._record(job, context, reg, error, cancelled)
+        else:
+            # Buffer the outcome before the job stops counting as running, so drain
+            # mode never sees "nothing running, nothing pending" in between.
+            self._record(job, context, reg, error, cancelled)
+        with self._lock:
+            self.job_context.pop(job.id, None)
+            self._lock.notify_all()
+        self._wake.set()
 
     def _record(
         self,

@@ -1,0 +1,1 @@
+"""The pgqueue_sync test suite."""

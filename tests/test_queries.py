@@ -114,16 +114,18 @@ def test_dedupe_skip_returns_none_and_logs_only_inserted(queries):
 
 def test_dedupe_update_priority_raises_existing(queries, conn):
     [job_id] = queries.enqueue("a", None, priority=1, dedupe_key="k")
-    assert queries.enqueue("a", None, priority=7, dedupe_key="k", on_conflict="update_priority") == [
-        job_id
-    ]
-    assert queries.enqueue("a", None, priority=3, dedupe_key="k", on_conflict="update_priority") == [
-        job_id
-    ]
+    assert queries.enqueue(
+        "a", None, priority=7, dedupe_key="k", on_conflict="update_priority"
+    ) == [job_id]
+    assert queries.enqueue(
+        "a", None, priority=3, dedupe_key="k", on_conflict="update_priority"
+    ) == [job_id]
     assert conn.execute("SELECT priority FROM pgqueuer").fetchone()[0] == 7
     assert len(queries.queue_log()) == 1
     with pytest.raises(ConfigurationError, match="same dedupe_key twice"):
-        queries.enqueue(["a", "a"], [None, None], dedupe_key=["x", "x"], on_conflict="update_priority")
+        queries.enqueue(
+            ["a", "a"], [None, None], dedupe_key=["x", "x"], on_conflict="update_priority"
+        )
 
 
 def test_dedupe_key_released_when_job_held(queries):
@@ -255,7 +257,9 @@ def test_stale_job_beats_lower_priority_fresh_work(queries, conn):
     [urgent] = queries.enqueue("a", None, priority=10)
     claim(queries, {"a": 0})
     queries.enqueue("a", None, priority=1)
-    conn.execute("UPDATE pgqueuer SET heartbeat = NOW() - interval '1 minute' WHERE id = %s", [urgent])
+    conn.execute(
+        "UPDATE pgqueuer SET heartbeat = NOW() - interval '1 minute' WHERE id = %s", [urgent]
+    )
     jobs = claim(queries, {"a": 0}, batch=1)
     assert [j.id for j in jobs] == [urgent]
 
@@ -275,16 +279,22 @@ def test_log_jobs_outcomes_and_tracebacks(queries, conn):
     assert sorted(logged) == sorted(ids)
     remaining = conn.execute("SELECT id, status::text, queue_manager_id FROM pgqueuer").fetchall()
     assert remaining == [(jobs[2].id, "failed", None)]
-    by_status = {log.status: log for log in queries.queue_log() if log.status not in ("queued", "picked")}
+    by_status = {
+        log.status: log for log in queries.queue_log() if log.status not in ("queued", "picked")
+    }
     assert by_status["successful"].traceback is None
     stored = by_status["exception"].traceback
     assert stored.exception_type == "ValueError" and stored.exception_message == "boom!"
     assert "Traceback" in stored.traceback
-    raw = conn.execute(
-        "SELECT traceback FROM pgqueuer_log WHERE status = 'exception'"
-    ).fetchone()[0]
+    raw = conn.execute("SELECT traceback FROM pgqueuer_log WHERE status = 'exception'").fetchone()[
+        0
+    ]
     assert set(raw) == {
-        "job_id", "timestamp", "exception_type", "exception_message", "traceback",
+        "job_id",
+        "timestamp",
+        "exception_type",
+        "exception_message",
+        "traceback",
         "additional_context",
     }
     assert raw["timestamp"].endswith("Z")

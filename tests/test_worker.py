@@ -24,9 +24,10 @@ def statuses(queries, ids):
 
 
 def terminal(queries, ids, status="successful"):
-    return lambda: all(s == status for s in statuses(queries, ids).values()) and len(
-        statuses(queries, ids)
-    ) == len(ids)
+    return lambda: (
+        all(s == status for s in statuses(queries, ids).values())
+        and len(statuses(queries, ids)) == len(ids)
+    )
 
 
 def test_sync_and_async_handlers_run_in_priority_order(dsn, queries):
@@ -89,7 +90,13 @@ def test_retry_requested_keeps_job_and_counts_attempts(dsn, queries):
     assert attempts == [0, 1, 2]
     log = [entry for entry in queries.queue_log() if entry.job_id == job_id]
     assert [e.status for e in log] == [
-        "queued", "picked", "queued", "picked", "queued", "picked", "successful"
+        "queued",
+        "picked",
+        "queued",
+        "picked",
+        "queued",
+        "picked",
+        "successful",
     ]
     retry_record = log[2].traceback
     assert retry_record.additional_context["reason"] == "not yet"
@@ -104,7 +111,9 @@ def test_database_retry_executor_backs_off_then_holds(dsn, queries, conn):
 
         def factory(params):
             return DatabaseRetryEntrypointExecutor(
-                params, max_attempts=2, initial_delay=timedelta(milliseconds=20),
+                params,
+                max_attempts=2,
+                initial_delay=timedelta(milliseconds=20),
                 max_delay=timedelta(milliseconds=40),
             )
 
@@ -159,7 +168,10 @@ def test_failure_is_logged_with_traceback_and_hold_can_be_requeued(dsn, queries)
 
         boom_id, parked_id = queries.enqueue(["boom", "parked"], [None, None])
         pgq.run(mode="drain", **FAST)
-        assert statuses(queries, [boom_id, parked_id]) == {boom_id: "exception", parked_id: "failed"}
+        assert statuses(queries, [boom_id, parked_id]) == {
+            boom_id: "exception",
+            parked_id: "failed",
+        }
         assert queries.requeue_jobs([parked_id]) == [parked_id]
         pgq2 = make_pgq(pool)
         pgq2.entrypoint("parked")(parked)
@@ -289,9 +301,7 @@ def test_requests_per_second_paces_starts(dsn, queries):
     starts: list[float] = []
     with pool_for(dsn) as pool:
         pgq = make_pgq(pool)
-        pgq.entrypoint("paced", requests_per_second=10)(
-            lambda job: starts.append(time.monotonic())
-        )
+        pgq.entrypoint("paced", requests_per_second=10)(lambda job: starts.append(time.monotonic()))
         queries.enqueue(["paced"] * 25, [None] * 25)
         pgq.run(mode="drain", **FAST)
     assert len(starts) == 25
@@ -369,10 +379,14 @@ def test_heartbeats_refresh_running_jobs(dsn, queries, conn):
             with running(pgq, heartbeat_timeout=0.4, **FAST):
                 assert started.wait(5)
                 conn.execute("UPDATE pgqueuer SET heartbeat = NOW() - interval '1 hour'")
-                wait_for(lambda: conn.execute(
-                    "SELECT NOW() - heartbeat < interval '1 second' FROM pgqueuer WHERE id = %s",
-                    [job_id],
-                ).fetchone()[0], timeout=3)
+                wait_for(
+                    lambda: conn.execute(
+                        "SELECT NOW() - heartbeat < interval '1 second' "
+                        "FROM pgqueuer WHERE id = %s",
+                        [job_id],
+                    ).fetchone()[0],
+                    timeout=3,
+                )
                 release.set()
         finally:
             release.set()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from ._version import __version__
+from .applications import PgQueuer
+from .cancellation import CancellationToken, Context, JobCancelled, ScheduleContext
 from .drivers import SyncPsycopgDriver, SyncPsycopgPoolDriver
 from .errors import (
     AlreadyInstalledError,
@@ -19,6 +21,12 @@ from .errors import (
     SchemaError,
     SchemaNotInstalledError,
 )
+from .executors import (
+    AbstractEntrypointExecutor,
+    DatabaseRetryEntrypointExecutor,
+    EntrypointExecutor,
+    EntrypointExecutorParameters,
+)
 from .models import (
     CancellationEvent,
     HealthCheckEvent,
@@ -30,6 +38,7 @@ from .models import (
     TableChangedEvent,
     TracebackRecord,
 )
+from .qm import QueueManager
 from .queries import EntrypointExecutionParameter, Queries
 from .settings import DBSettings, db_settings
 from .types import Durability, JobId, QueueExecutionMode
@@ -37,6 +46,16 @@ from .types import Durability, JobId, QueueExecutionMode
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "AbstractEntrypointExecutor",
+    "CancellationToken",
+    "Context",
+    "DatabaseRetryEntrypointExecutor",
+    "EntrypointExecutor",
+    "EntrypointExecutorParameters",
+    "JobCancelled",
+    "PgQueuer",
+    "QueueManager",
+    "ScheduleContext",
     "AlreadyInstalledError",
     "CancellationEvent",
     "ConfigurationError",

@@ -99,6 +99,25 @@ class CompletionBuffer:
             self._retries.append(retry)
         self._ticker.wake()
 
+    def take(self) -> list[Outcome]:
+        """Remove and return the queued outcomes, for a caller that writes them itself
+        (the dispatcher piggybacks them on its next claim). Pair with
+        :meth:`restore` on failure and :meth:`written` on success."""
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+            return outcomes
+
+    def restore(self, outcomes: list[Outcome]) -> None:
+        """Put back outcomes that :meth:`take` returned but could not be written."""
+        if outcomes:
+            with self._lock:
+                self._outcomes[:0] = outcomes
+
+    def written(self, outcomes: list[Outcome]) -> None:
+        """Report outcomes from :meth:`take` as written."""
+        if outcomes:
+            self._on_written([job for job, _, _ in outcomes])
+
     def pending(self) -> int:
         """Outcomes and retries not yet written, counting those being written now."""
         with self._lock:

@@ -27,6 +27,9 @@ LOG_AGGREGATION_INTERVAL = timedelta(seconds=30)
 CONCURRENCY = 10
 #: Re-poll interval while eligible work exists but limits blocked it.
 MIN_DEQUEUE_POLL_INTERVAL = 0.1
+#: Dispatcher backoff after a database error: first delay and cap (seconds).
+DATABASE_RETRY_INITIAL = 0.5
+DATABASE_RETRY_MAX = 10.0
 #: The listener probes itself this often and waits this long for the echo.
 HEALTH_CHECK_INTERVAL = 10.0
 HEALTH_CHECK_TIMEOUT = timedelta(seconds=10)

@@ -26,7 +26,13 @@ from . import options
 from .aio import EventLoopThread
 from .buffers import CompletionBuffer, Heartbeats, Retry
 from .cancellation import CancellationToken, Context, JobCancelled
-from .errors import ConfigurationError, FailingListenerError, PgqException, SchemaError
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    FailingListenerError,
+    PgqException,
+    SchemaError,
+)
 from .executors import (
     AbstractEntrypointExecutor,
     EntrypointExecutor,
@@ -99,6 +105,7 @@ class QueueManager:
         self._abandoned: set[int] = set()
         self._pending_probes: dict[uuid.UUID, threading.Event] = {}
         self._listener_error: FailingListenerError | None = None
+        self._drained = False
         self._dispatched_since_aggregation = False
         self._loop: EventLoopThread | None = None
         self._buffer: CompletionBuffer | None = None
@@ -299,26 +306,38 @@ class QueueManager:
     # -- the dispatch loop -----------------------------------------------------------------
 
     def _dispatch_loop(self, opts: options.RunOptions) -> None:
+        backoff = options.DATABASE_RETRY_INITIAL
         while not self.shutdown.is_set():
-            self._wake.clear()
-            short = self._fill(opts)
-            if short is None:  # local capacity full: wait for a slot to free up
-                self._wake.wait(opts.dequeue_timeout.total_seconds())
-                continue
-            # Order matters: a finishing job buffers its outcome before it stops
-            # counting as running, and the probe runs last, so a retry cannot slip
-            # between the three reads and end drain mode early.
-            busy = self._running() > 0
-            writes_pending = self._buffer is not None and self._buffer.pending() > 0
-            state = self.queries.poll_state(self.entrypoint_registry)
-            if opts.mode is QueueExecutionMode.drain and not (
-                busy or writes_pending or state.queued
-            ):
-                logger.info("drain mode: no work left")
+            try:
+                self._dispatch_once(opts)
+                backoff = options.DATABASE_RETRY_INITIAL
+            except DatabaseError as exc:
+                # The worker outlives a database restart: back off, then poll again.
+                logger.warning("database error in the dispatcher (%s); retrying in %.1fs",
+                               exc, backoff)
+                self.shutdown.wait(backoff)
+                backoff = min(backoff * 2, options.DATABASE_RETRY_MAX)
+            if self._drained:
                 return
-            if writes_pending:
-                state = dataclasses.replace(state, queued=True)
-            self._wake.wait(self._idle_wait(opts, state.eligible, state.eta, state.queued))
+
+    def _dispatch_once(self, opts: options.RunOptions) -> None:
+        """Claim what fits, then wait for a wake-up or the poll interval."""
+        self._wake.clear()
+        if self._fill(opts) is None:  # local capacity full: wait for a slot to free up
+            self._wake.wait(opts.dequeue_timeout.total_seconds())
+            return
+        # Order matters: a finishing job buffers its outcome before it stops
+        # counting as running, and the probe runs last, so a retry cannot slip
+        # between the three reads and end drain mode early.
+        busy = self._running() > 0
+        writes_pending = self._buffer is not None and self._buffer.pending() > 0
+        state = self.queries.poll_state(self.entrypoint_registry)
+        if opts.mode is QueueExecutionMode.drain and not (busy or writes_pending or state.queued):
+            logger.info("drain mode: no work left")
+            self._drained = True
+            return
+        queued = state.queued or writes_pending
+        self._wake.wait(self._idle_wait(opts, state.eligible, state.eta, queued))
 
     def _fill(self, opts: options.RunOptions) -> bool | None:
         """Claim and start jobs while there is room; None when local capacity is full."""
@@ -363,9 +382,19 @@ class QueueManager:
     def _dequeue(
         self, opts: options.RunOptions, batch: int, eps: dict[str, EntrypointExecutionParameter]
     ) -> list[Job]:
-        return self.queries.dequeue(
-            batch, eps, self.queue_manager_id, opts.max_concurrent_tasks, opts.heartbeat_timeout
-        )
+        # Outcomes ride along with the claim: one round trip and one commit per cycle.
+        assert self._buffer is not None
+        finished = self._buffer.take()
+        try:
+            jobs = self.queries.dequeue(
+                batch, eps, self.queue_manager_id, opts.max_concurrent_tasks,
+                opts.heartbeat_timeout, completed=finished,
+            )
+        except BaseException:
+            self._buffer.restore(finished)
+            raise
+        self._buffer.written(finished)
+        return jobs
 
     def _idle_wait(
         self, opts: options.RunOptions, eligible: bool, eta: timedelta | None, queued: bool

@@ -48,6 +48,7 @@ from .types import (
 logger = logging.getLogger(__name__)
 
 _INT32 = (-(2**31), 2**31 - 1)
+JobOutcome = tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]
 ExecuteAfter = timedelta | datetime | None
 Headers = Mapping[str, Any] | None
 
@@ -181,6 +182,8 @@ class Queries:
         queue_manager_id: QueueManagerId | uuid.UUID,
         global_concurrency_limit: int | None,
         heartbeat_timeout: timedelta,
+        *,
+        completed: Sequence[JobOutcome] = (),
     ) -> list[Job]:
         """Claim up to ``batch_size`` jobs for ``queue_manager_id`` and log them ``picked``.
 
@@ -190,17 +193,26 @@ class Queries:
         (``None``/0: none), and re-picks ``picked`` jobs whose heartbeat is older
         than ``heartbeat_timeout``. Losing a seat race to another worker returns
         an empty list, never an error.
+
+        ``completed`` (the :meth:`log_jobs` argument) records finished jobs in
+        the same statement, saving a round trip per cycle; if the claim loses a
+        seat race they are still recorded, by a separate statement.
         """
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
         if not entrypoints:
+            self.log_jobs(completed)
             return []
         names = list(entrypoints)
         limits = [_limit_of(entrypoints[name]) for name in names]
         stale_after = [_stale_after_of(entrypoints[name]) for name in names]
         budget = global_concurrency_limit or None
-        query = self.statements.dequeue(capacity=any(limits), budget=budget is not None)
+        finish = _outcome_params(completed)
+        query = self.statements.dequeue(
+            capacity=any(limits), budget=budget is not None, finish=bool(finish)
+        )
         params = {
+            **finish,
             "batch": batch_size,
             "entrypoints": names,
             "limits": limits,
@@ -215,33 +227,25 @@ class Queries:
             if exc.constraint_name != self.settings.index_name("picked_slot_idx"):
                 raise
             logger.debug("dequeue lost a concurrency seat race; treating as an empty batch")
+            self.log_jobs(completed)
             return []
         except DeadlockDetected:
             logger.debug("dequeue deadlocked with another claim; treating as an empty batch")
+            self.log_jobs(completed)
             return []
         return [Job.from_row(row) for row in rows]
 
     # -- completion ------------------------------------------------------------------------
 
-    def log_jobs(
-        self, job_status: Iterable[tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]]
-    ) -> list[JobId]:
+    def log_jobs(self, job_status: Iterable[JobOutcome]) -> list[JobId]:
         """Record outcomes in one statement: delete (or hold as ``failed``) and log.
 
         Jobs whose row is already gone (e.g. cancelled meanwhile) are skipped
         without a log row. Returns the ids that were logged.
         """
-        ids: list[int] = []
-        statuses: list[str] = []
-        tracebacks: list[Jsonb | None] = []
-        for job, status, record in job_status:
-            _check_status(status)
-            ids.append(int(job.id if isinstance(job, Job) else job))
-            statuses.append(status)
-            tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
-        if not ids:
+        params = _outcome_params(job_status)
+        if not params:
             return []
-        params = {"ids": ids, "statuses": statuses, "tracebacks": tracebacks}
         rows = self.driver.fetch(self.statements.log_jobs, params)
         return [JobId(r["job_id"]) for r in rows]
 
@@ -473,6 +477,20 @@ class Queries:
     def clear_schedule(self) -> None:
         """Delete every schedule."""
         self.driver.execute(self.statements.truncate("schedules"))
+
+
+def _outcome_params(job_status: Iterable[JobOutcome]) -> dict[str, list[Any]]:
+    ids: list[int] = []
+    statuses: list[str] = []
+    tracebacks: list[Jsonb | None] = []
+    for job, status, record in job_status:
+        _check_status(status)
+        ids.append(int(job.id if isinstance(job, Job) else job))
+        statuses.append(status)
+        tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
+    if not ids:
+        return {}
+    return {"ids": ids, "statuses": statuses, "tracebacks": tracebacks}
 
 
 def _normalize_batch(

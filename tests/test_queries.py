@@ -392,3 +392,48 @@ def test_job_status_reports_latest_transition(queries):
     [first, _] = claim(queries, {"a": 0})
     queries.log_jobs([(first, "successful", None)])
     assert dict(queries.job_status([a, b, 99])) == {a: "successful", b: "picked"}
+
+
+def test_dequeue_records_completed_jobs_in_the_same_statement(queries, conn):
+    ids = queries.enqueue(["a"] * 4, [None] * 4)
+    first = claim(queries, {"a": 0}, batch=2)
+    worker = uuid.uuid4()
+    more = queries.dequeue(
+        2,
+        {"a": 0},
+        worker,
+        None,
+        HB,
+        completed=[(first[0], "successful", None), (first[1], "failed", None)],
+    )
+    assert sorted(j.id for j in more) == sorted(ids[2:])
+    assert dict(queries.job_status(ids[:2])) == {ids[0]: "successful", ids[1]: "failed"}
+    rows = conn.execute("SELECT id, status::text FROM pgqueuer ORDER BY id").fetchall()
+    assert rows == [(ids[1], "failed"), (ids[2], "picked"), (ids[3], "picked")]
+
+
+def test_completed_jobs_are_recorded_even_when_the_claim_loses_a_seat_race(
+    connect, settings, queries
+):
+    ids = queries.enqueue(["lim"] * 3 + ["x"], [None] * 4)
+    [done] = claim(queries, {"x": 0})
+    holder_conn = connect(autocommit=False)
+    holder = Queries(SyncPsycopgDriver(holder_conn), settings=settings)
+    racer = new_queries(connect, settings)
+    with ThreadPoolExecutor(1) as pool:
+        with holder_conn.transaction():
+            claim(holder, {"lim": 2}, batch=1)
+            future = pool.submit(
+                racer.dequeue,
+                2,
+                {"lim": 2},
+                uuid.uuid4(),
+                None,
+                HB,
+                completed=[(done, "successful", None)],
+            )
+            with pytest.raises(FutureTimeout):
+                future.result(timeout=0.3)
+        assert future.result(timeout=10) == []
+    assert dict(queries.job_status([done.id])) == {done.id: "successful"}
+    assert ids[3] == done.id

@@ -94,14 +94,18 @@ ORDER BY i.ord
 
     # -- dequeue ---------------------------------------------------------------------------
 
-    @functools.cache  # noqa: B019 - four gate shapes at most
-    def dequeue(self, *, capacity: bool, budget: bool) -> sql.Composed:
-        """Claim up to ``%(batch)s`` jobs in one statement (see docs/internals).
+    @functools.cache  # noqa: B019 - eight shapes at most
+    def dequeue(self, *, capacity: bool, budget: bool, finish: bool = False) -> sql.Composed:
+        """Claim up to ``%(batch)s`` jobs in one statement.
 
         ``capacity``: some entrypoint has a fleet-wide ``concurrency_limit``;
-        ``budget``: the worker has a ``max_concurrent_tasks`` budget.
+        ``budget``: the worker has a ``max_concurrent_tasks`` budget;
+        ``finish``: first record finished jobs (the ``log_jobs`` parameters) in
+        the same statement. The claim's snapshot still counts those jobs as
+        running, so piggybacking can only under-claim, never overshoot a limit.
         """
-        parts = [_REGISTERED]
+        parts = [_FINISH, _FINISHED_LOG] if finish else []
+        parts.append(_REGISTERED)
         if capacity:
             parts.append(_CAPACITY)
         if budget:
@@ -122,29 +126,15 @@ ORDER BY i.ord
     @functools.cached_property
     def log_jobs(self) -> sql.Composed:
         """Finish jobs: delete (or hold as ``failed``) and log only rows that still existed."""
-        return self._sql("""
-WITH done AS (
-    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback
-    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]::{status}[], %(tracebacks)s::jsonb[])
-        AS d(id, status, traceback)
-),
-removed AS (
-    DELETE FROM {queue} q USING done d
-    WHERE q.id = d.id AND d.status <> 'failed'
-    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
-),
-held AS (
-    UPDATE {queue} q SET status = 'failed', updated = NOW(), queue_manager_id = NULL
-    FROM done d
-    WHERE q.id = d.id AND d.status = 'failed'
-    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
-)
+        return self._sql(
+            "WITH " + _FINISH + """
 INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
 SELECT id, status, entrypoint, priority, traceback FROM removed
 UNION ALL
 SELECT id, status, entrypoint, priority, traceback FROM held
 RETURNING job_id
-""")
+"""
+        )
 
     @functools.cached_property
     def retry_job(self) -> sql.Composed:
@@ -427,6 +417,32 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
             "OR entrypoint = ANY(%(entrypoints)s::text[])"
         )
 
+
+# Recording outcomes: delete finished rows (hold 'failed' ones) and log only
+# rows that still existed, so a job cancelled meanwhile is not logged twice.
+_FINISH = """done AS (
+    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback
+    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]::{status}[], %(tracebacks)s::jsonb[])
+        AS d(id, status, traceback)
+),
+removed AS (
+    DELETE FROM {queue} q USING done d
+    WHERE q.id = d.id AND d.status <> 'failed'
+    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
+),
+held AS (
+    UPDATE {queue} q SET status = 'failed', updated = NOW(), queue_manager_id = NULL
+    FROM done d
+    WHERE q.id = d.id AND d.status = 'failed'
+    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
+)"""
+
+_FINISHED_LOG = """finished_log AS (
+    INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
+    SELECT id, status, entrypoint, priority, traceback FROM removed
+    UNION ALL
+    SELECT id, status, entrypoint, priority, traceback FROM held
+)"""
 
 # The dequeue pipeline (PgQueuer 1.6 semantics, our own SQL). Steps are CTEs
 # joined by the builder according to the gate shape.

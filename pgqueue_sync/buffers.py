@@ -173,50 +173,45 @@ class CompletionBuffer:
 
 
 class Heartbeats:
-    """Keeps running jobs alive: each tracked job is touched every ``interval / 2``,
-    in batches flushed every ``interval / 8`` (± 20 %), from its own thread.
+    """Keeps running jobs alive from its own thread: each job's heartbeat is written
+    every ``period`` (half its stale timeout), in batches flushed every
+    ``tick`` seconds (± 20 %).
 
-    ``interval`` is the heartbeat timeout T. A job may carry its own (shorter)
-    stale timeout, which sets its own cadence.
+    ``running()`` returns a snapshot ``{job_id: (claimed_at, period)}`` with
+    ``time.monotonic()`` claim times; reading a snapshot each tick keeps the
+    per-job cost of the hot path at zero. A failed write is retried next tick.
     """
 
     def __init__(
-        self, writer: _Writer, timeout: timedelta, *, name: str = "pgqueue_sync-heartbeat"
+        self,
+        writer: _Writer,
+        running: Callable[[], dict[int, tuple[float, float]]],
+        *,
+        tick: float,
+        name: str = "pgqueue_sync-heartbeat",
     ) -> None:
         self._writer = writer
-        self._timeout = timeout.total_seconds()
-        self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, float]] = {}  # job id -> (next due, period)
-        self._ticker = Ticker(self.flush, self._timeout / 8, name=name)
+        self._running = running
+        self._last: dict[int, float] = {}
+        self._ticker = Ticker(self.flush, tick, name=name)
 
     def start(self) -> None:
         """Start the heartbeat thread."""
         self._ticker.start()
 
-    def track(self, job_id: int, timeout: timedelta | None = None) -> None:
-        """Start beating for a job that was just claimed (its heartbeat is fresh)."""
-        period = (timeout.total_seconds() if timeout else self._timeout) / 2
-        with self._lock:
-            self._due[job_id] = (time.monotonic() + period, period)
-
-    def untrack(self, job_id: int) -> None:
-        """Stop beating for a finished job."""
-        with self._lock:
-            self._due.pop(job_id, None)
-
     def flush(self) -> None:
-        """Write the heartbeats that are due; failures are retried next tick."""
+        """Write the heartbeats that are due."""
         now = time.monotonic()
-        with self._lock:
-            due = [job_id for job_id, (at, _) in self._due.items() if at <= now]
-        if not due:
-            return
-        self._writer.update_heartbeat(due)
-        with self._lock:
-            for job_id in due:
-                if job_id in self._due:
-                    period = self._due[job_id][1]
-                    self._due[job_id] = (now + period, period)
+        running = self._running()
+        self._last = {job_id: t for job_id, t in self._last.items() if job_id in running}
+        due = [
+            job_id
+            for job_id, (claimed_at, period) in running.items()
+            if self._last.get(job_id, claimed_at) + period <= now
+        ]
+        if due:
+            self._writer.update_heartbeat(due)
+            self._last.update(dict.fromkeys(due, now))
 
     def stop(self) -> None:
         """Stop the thread (bounded)."""

@@ -28,22 +28,29 @@ class CancellationToken:
     For ``async def`` handlers cancelling also cancels the coroutine's task.
     """
 
+    # One token per job: keep construction cheap; the Event exists only once
+    # somebody waits on it.
+    __slots__ = ("_callbacks", "_cancelled", "_event", "_lock")
+
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._cancelled = False
+        self._event: threading.Event | None = None
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], object]] = []
 
     @property
     def cancelled(self) -> bool:
         """True once cancellation was requested."""
-        return self._event.is_set()
+        return self._cancelled
 
     def cancel(self) -> None:
         """Request cancellation; idempotent. Runs registered callbacks once."""
         with self._lock:
-            if self._event.is_set():
+            if self._cancelled:
                 return
-            self._event.set()
+            self._cancelled = True
+            if self._event is not None:
+                self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
@@ -56,17 +63,23 @@ class CancellationToken:
 
         Handy as an interruptible ``sleep``: ``if ctx.cancellation.wait(5): return``.
         """
-        return self._event.wait(timeout)
+        with self._lock:
+            if self._cancelled:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`JobCancelled` if cancellation was requested."""
-        if self._event.is_set():
+        if self._cancelled:
             raise JobCancelled()
 
     def add_callback(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` on cancellation (at once if already cancelled)."""
         with self._lock:
-            if not self._event.is_set():
+            if not self._cancelled:
                 self._callbacks.append(callback)
                 return
         callback()

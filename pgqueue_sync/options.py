@@ -27,6 +27,14 @@ LOG_AGGREGATION_INTERVAL = timedelta(seconds=30)
 CONCURRENCY = 10
 #: Re-poll interval while eligible work exists but limits blocked it.
 MIN_DEQUEUE_POLL_INTERVAL = 0.1
+#: Claim lanes per worker: a second lane overlaps claim round trips while a
+#: backlog exists (never used with max_concurrent_tasks).
+CLAIM_LANES = 2
+#: How long an idle second lane sleeps between checks (seconds).
+LANE_IDLE_WAIT = 1.0
+#: The flusher writes outcomes itself once this many batches of them wait
+#: (otherwise they ride along with the next claim, or go on its timer).
+OUTCOME_BATCHES_BEFORE_FLUSH = 4
 #: Dispatcher backoff after a database error: first delay and cap (seconds).
 DATABASE_RETRY_INITIAL = 0.5
 DATABASE_RETRY_MAX = 10.0
@@ -125,6 +133,7 @@ class RunOptions:
     log_aggregation_interval: timedelta | None
     concurrency: int
     shutdown_timeout: timedelta | None
+    claim_lanes: int = CLAIM_LANES
 
     @classmethod
     def build(

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, MutableMapping
 from datetime import timedelta
@@ -26,6 +27,7 @@ from . import options
 from .aio import EventLoopThread
 from .buffers import CompletionBuffer, Heartbeats, Retry
 from .cancellation import CancellationToken, Context, JobCancelled
+from .capacity import Capacity
 from .errors import (
     ConfigurationError,
     DatabaseError,
@@ -100,12 +102,21 @@ class QueueManager:
         self.entrypoint_registry: dict[str, _Registration] = {}
         self.job_context: dict[JobId, Context] = {}
         self.jobs_logged = 0
-        self._lock = threading.Condition()
+        # A plain Lock on the hot path; the Condition only serves the final wait.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._claimed: dict[int, tuple[float, float]] = {}  # job id -> (claimed at, beat period)
+        self._beat_period: dict[str, float] = {}
         self._wake = threading.Event()
         self._abandoned: set[int] = set()
         self._pending_probes: dict[uuid.UUID, threading.Event] = {}
         self._listener_error: FailingListenerError | None = None
         self._drained = False
+        self._stopping = False
+        self._backlog = threading.Event()
+        self._lane_wake = threading.Event()
+        self._rate_lock = threading.Lock()
+        self._capacity: Capacity | None = None
         self._dispatched_since_aggregation = False
         self._loop: EventLoopThread | None = None
         self._buffer: CompletionBuffer | None = None
@@ -262,20 +273,38 @@ class QueueManager:
         if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):
             self._loop = EventLoopThread().start()
             stack.push(self._loop.close)
+        lanes = 1 if opts.max_concurrent_tasks is not None else opts.claim_lanes
+        self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes)
         pool = self._pool = HandlerPool(opts.concurrency)
         # Threads of handed-back jobs may never return; don't wait for them.
         stack.push(lambda: pool.stop(0.0 if self._abandoned else JOIN_TIMEOUT))
-        self._buffer = CompletionBuffer(self.queries, max_size=opts.batch_size,
-                                        on_written=self._on_written)
+        # Outcomes normally ride along with the next claim; the flusher writes them
+        # on its ~100 ms timer when no claim comes, or once a few batches pile up.
+        self._buffer = CompletionBuffer(
+            self.queries, max_size=opts.batch_size * options.OUTCOME_BATCHES_BEFORE_FLUSH,
+            on_written=self._on_written,
+        )
         self._buffer.start()
         stack.push(self._buffer.stop)
-        self._heartbeats = Heartbeats(self.queries, self._shortest_stale(opts))
+        self._beat_period = {
+            name: (reg.claim.stale_after or opts.heartbeat_timeout).total_seconds() / 2
+            for name, reg in self.entrypoint_registry.items()
+        }
+        tick = self._shortest_stale(opts).total_seconds() / 8
+        self._heartbeats = Heartbeats(self.queries, self._running_snapshot, tick=tick)
         self._heartbeats.start()
         stack.push(self._heartbeats.stop)
         stack.push(self._start_listener())
         health = Ticker(lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
                         name="pgqueue_sync-health", jitter=0.0).start()
         stack.push(health.stop)
+        if lanes > 1:
+            # Not with a budget: it is counted in SQL, and two concurrent claims
+            # could each see room for the same jobs.
+            lane = threading.Thread(target=self._second_lane, args=(opts,),
+                                    name="pgqueue_sync-claimer-1", daemon=True)
+            lane.start()
+            stack.push(lambda: lane.join(JOIN_TIMEOUT))
         if opts.log_aggregation_interval:
             aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
                                 name="pgqueue_sync-aggregator").start()
@@ -341,42 +370,73 @@ class QueueManager:
 
     def _fill(self, opts: options.RunOptions) -> bool | None:
         """Claim and start jobs while there is room; None when local capacity is full."""
+        assert self._capacity is not None
         while not self.shutdown.is_set():
-            free = opts.concurrency - self._running()
-            if free <= 0:
+            wanted = self._capacity.reserve()
+            if wanted == 0:
                 return None
-            wanted = min(opts.batch_size, free)
-            jobs = self._claim(opts, wanted)
+            claimed = 0
+            try:
+                jobs = self._claim(opts, wanted)
+                claimed = len(jobs)
+            finally:
+                self._capacity.settle(wanted, claimed)
             for job in jobs:
                 self._dispatch(job)
-            if len(jobs) < wanted:
+            if claimed < wanted:
+                self._backlog.clear()
                 return True
+            self._backlog.set()
         return True
+
+    def _second_lane(self, opts: options.RunOptions) -> None:
+        """A second claimer, active only while a backlog exists, so claim round trips
+        overlap; idle polling stays with the dispatcher."""
+        backoff = options.DATABASE_RETRY_INITIAL
+        while not self.shutdown.is_set() and not self._drained:
+            if not self._backlog.wait(options.LANE_IDLE_WAIT):
+                continue
+            self._lane_wake.clear()
+            try:
+                if self._fill(opts) is None:
+                    self._lane_wake.wait(options.LANE_IDLE_WAIT)
+                backoff = options.DATABASE_RETRY_INITIAL
+            except DatabaseError as exc:
+                logger.debug("second claim lane: %s; backing off %.1fs", exc, backoff)
+                self.shutdown.wait(backoff)
+                backoff = min(backoff * 2, options.DATABASE_RETRY_MAX)
 
     def _claim(self, opts: options.RunOptions, wanted: int) -> list[Job]:
         open_eps, rated = self._claimable()
         jobs: list[Job] = []
         if open_eps:
             jobs += self._dequeue(opts, wanted, open_eps)
-        for name, tokens in rated:
-            if len(jobs) >= wanted:
-                break
-            batch = min(wanted - len(jobs), tokens)
-            claimed = self._dequeue(opts, batch, {name: self.entrypoint_registry[name].claim})
-            bucket = self.entrypoint_registry[name].bucket
-            if bucket is not None:
-                bucket.take(len(claimed))
-            jobs += claimed
+        if rated:
+            # Buckets are read then spent: one lane at a time, or both could overshoot.
+            with self._rate_lock:
+                jobs += self._claim_rated(opts, wanted - len(jobs))
         return jobs
 
-    def _claimable(self) -> tuple[dict[str, EntrypointExecutionParameter], list[tuple[str, int]]]:
+    def _claim_rated(self, opts: options.RunOptions, wanted: int) -> list[Job]:
+        jobs: list[Job] = []
+        for name, reg in self.entrypoint_registry.items():
+            if reg.bucket is None or len(jobs) >= wanted:
+                continue
+            tokens = reg.bucket.available()
+            if tokens > 0:
+                claimed = self._dequeue(opts, min(wanted - len(jobs), tokens), {name: reg.claim})
+                reg.bucket.take(len(claimed))
+                jobs += claimed
+        return jobs
+
+    def _claimable(self) -> tuple[dict[str, EntrypointExecutionParameter], bool]:
         open_eps: dict[str, EntrypointExecutionParameter] = {}
-        rated: list[tuple[str, int]] = []
+        rated = False
         for name, reg in self.entrypoint_registry.items():
             if reg.bucket is None:
                 open_eps[name] = reg.claim
-            elif (tokens := reg.bucket.available()) > 0:
-                rated.append((name, tokens))
+            elif reg.bucket.available() > 0:
+                rated = True
         return open_eps, rated
 
     def _dequeue(
@@ -412,6 +472,10 @@ class QueueManager:
             wait = min(wait, max(min(b.seconds_until_token() for b in buckets), 0.01))
         return wait
 
+    def _running_snapshot(self) -> dict[int, tuple[float, float]]:
+        with self._lock:
+            return dict(self._claimed)
+
     def _running(self) -> int:
         with self._lock:
             return len(self.job_context)
@@ -422,13 +486,17 @@ class QueueManager:
         reg = self.entrypoint_registry[job.entrypoint]
         context = Context(CancellationToken(), self.resources)
         with self._lock:
-            if job.id in self.job_context:
-                # Our own stale re-pick of a job that is still running here.
-                return
-            self.job_context[job.id] = context
+            rerun = job.id in self.job_context
+            if not rerun:
+                self.job_context[job.id] = context
+                self._claimed[job.id] = (time.monotonic(), self._beat_period[job.entrypoint])
+        if rerun:
+            # Our own stale re-pick of a job that is still running here.
+            assert self._capacity is not None
+            self._capacity.finished(None)
+            return
         self._dispatched_since_aggregation = True
-        assert self._heartbeats is not None and self._pool is not None
-        self._heartbeats.track(job.id, reg.claim.stale_after)
+        assert self._pool is not None
         if reg.executor.is_async:
             self._start_async(job, context, reg)
         else:
@@ -436,25 +504,36 @@ class QueueManager:
 
     def _run_sync(self, job: Job, context: Context, reg: _Registration) -> None:
         error: BaseException | None = None
+        seconds = None
         if not context.cancellation.cancelled:
+            started = time.monotonic()
             try:
                 reg.executor.execute(job, context)
             except Exception as exc:  # the handler's failure is the job's outcome
                 error = exc
-        self._finish(job, context, reg, error, cancelled=False)
+            seconds = time.monotonic() - started
+        self._finish(job, context, reg, error, cancelled=False, seconds=seconds)
 
     def _start_async(self, job: Job, context: Context, reg: _Registration) -> None:
         assert self._loop is not None
+        started = time.monotonic()
         future = self._loop.submit(reg.executor.execute(job, context))
         context.cancellation.add_callback(future.cancel)
-        future.add_done_callback(lambda f: self._finish_async(job, context, reg, f))
+        future.add_done_callback(
+            lambda f: self._finish_async(job, context, reg, f, time.monotonic() - started)
+        )
 
     def _finish_async(
-        self, job: Job, context: Context, reg: _Registration, future: concurrent.futures.Future[Any]
+        self,
+        job: Job,
+        context: Context,
+        reg: _Registration,
+        future: concurrent.futures.Future[Any],
+        seconds: float,
     ) -> None:
         cancelled = future.cancelled()
         error = None if cancelled else future.exception()
-        self._finish(job, context, reg, error, cancelled=cancelled)
+        self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds)
 
     def _finish(
         self,
@@ -464,21 +543,24 @@ class QueueManager:
         error: BaseException | None,
         *,
         cancelled: bool,
+        seconds: float | None,
     ) -> None:
-        assert self._heartbeats is not None
-        self._heartbeats.untrack(job.id)
-        with self._lock:
-            abandoned = job.id in self._abandoned
-        if abandoned:
+        assert self._capacity is not None
+        # _abandoned only grows, at shutdown; a membership test needs no lock.
+        if job.id in self._abandoned:
             logger.warning("job %d finished after it was handed back to the queue", job.id)
         else:
             # Buffer the outcome before the job stops counting as running, so drain
             # mode never sees "nothing running, nothing pending" in between.
             self._record(job, context, reg, error, cancelled)
         with self._lock:
-            self.job_context.pop(job.id, None)
-            self._lock.notify_all()
-        self._wake.set()
+            del self.job_context[job.id]
+            del self._claimed[job.id]
+            if self._stopping:  # only _wait_for_running waits on the condition
+                self._idle.notify_all()
+        self._capacity.finished(seconds)
+        _set(self._wake)
+        _set(self._lane_wake)
 
     def _record(
         self,
@@ -581,8 +663,9 @@ class QueueManager:
 
     def _wait_for_running(self, timeout: timedelta | None) -> None:
         deadline = None if timeout is None else timeout.total_seconds()
-        with self._lock:
-            self._lock.wait_for(lambda: not self.job_context, deadline)
+        with self._idle:
+            self._stopping = True
+            self._idle.wait_for(lambda: not self.job_context, deadline)
 
     def _release_unfinished(self) -> None:
         with self._lock:
@@ -609,6 +692,12 @@ class QueueManager:
             return
         logger.warning("handed %d unfinished jobs back to the queue: %s",
                        len(released), sorted(released))
+
+
+def _set(event: threading.Event) -> None:
+    # Event.set() takes a lock and notifies even when already set; skip that per job.
+    if not event.is_set():
+        event.set()
 
 
 def _accepts(func: Callable[..., Any], given: bool | None) -> bool:

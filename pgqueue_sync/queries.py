@@ -8,6 +8,8 @@ the driver is (both psycopg drivers are).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +33,7 @@ from .models import (
     utc_now,
 )
 from .settings import DBSettings, db_settings
+from .sql.arrays import int_array, text_array
 from .sql.statements import Statements
 from .types import (
     JOB_STATUS,
@@ -161,7 +164,7 @@ class Queries:
         """
         rows = _normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
         _check_conflict_mode(on_conflict, rows["dedupe_key"])
-        params = {**rows, "sequence": self.statements.sequence_name}
+        params = {**_enqueue_params(rows), "sequence": self.statements.sequence_name}
         try:
             result = self.driver.fetch(self.statements.enqueue(on_conflict), params)
         except UniqueViolation as exc:
@@ -203,23 +206,19 @@ class Queries:
         if not entrypoints:
             self.log_jobs(completed)
             return []
-        names = list(entrypoints)
-        limits = [_limit_of(entrypoints[name]) for name in names]
-        stale_after = [_stale_after_of(entrypoints[name]) for name in names]
+        registered = _registered_params(entrypoints)
         budget = global_concurrency_limit or None
-        finish = _outcome_params(completed)
+        finish = _outcome_literals(completed)
         query = self.statements.dequeue(
-            capacity=any(limits), budget=budget is not None, finish=bool(finish)
+            capacity=registered["capacity"], budget=budget is not None, finish=bool(finish)
         )
         params = {
             **finish,
+            **registered,
             "batch": batch_size,
-            "entrypoints": names,
-            "limits": limits,
             "queue_manager_id": queue_manager_id,
             "budget": budget,
             "heartbeat_timeout": heartbeat_timeout,
-            "stale_after": stale_after,
         }
         try:
             rows = self.driver.fetch(query, params)
@@ -243,7 +242,7 @@ class Queries:
         Jobs whose row is already gone (e.g. cancelled meanwhile) are skipped
         without a log row. Returns the ids that were logged.
         """
-        params = _outcome_params(job_status)
+        params = _outcome_literals(job_status)
         if not params:
             return []
         rows = self.driver.fetch(self.statements.log_jobs, params)
@@ -338,7 +337,7 @@ class Queries:
         """Set ``heartbeat = NOW()`` for the (deduplicated) running job ids."""
         ids = sorted(set(_ids(job_ids)))
         if ids:
-            self.driver.execute(self.statements.update_heartbeat, {"ids": ids})
+            self.driver.execute(self.statements.update_heartbeat, {"ids": int_array(ids)})
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -491,6 +490,56 @@ def _outcome_params(job_status: Iterable[JobOutcome]) -> dict[str, list[Any]]:
     if not ids:
         return {}
     return {"ids": ids, "statuses": statuses, "tracebacks": tracebacks}
+
+
+def _outcome_literals(job_status: Iterable[JobOutcome]) -> dict[str, str]:
+    params = _outcome_params(job_status)
+    if not params:
+        return {}
+    return {
+        "ids": int_array(params["ids"]),
+        "statuses": text_array(params["statuses"]),
+        "tracebacks": text_array(
+            None if t is None else json.dumps(t.obj) for t in params["tracebacks"]
+        ),
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _registered_literals(
+    items: tuple[tuple[str, int, float | None], ...],
+) -> dict[str, Any]:
+    return {
+        "entrypoints": text_array(name for name, _, _ in items),
+        "limits": int_array(limit for _, limit, _ in items),
+        "stale_after": text_array(
+            None if seconds is None else f"{seconds} seconds" for _, _, seconds in items
+        ),
+        "capacity": any(limit for _, limit, _ in items),
+    }
+
+
+def _registered_params(
+    entrypoints: Mapping[str, EntrypointExecutionParameter | int],
+) -> dict[str, Any]:
+    # A worker passes the same registry on every claim: build its literals once.
+    items = []
+    for name, value in entrypoints.items():
+        stale = _stale_after_of(value)
+        items.append((name, _limit_of(value), None if stale is None else stale.total_seconds()))
+    return dict(_registered_literals(tuple(items)))
+
+
+def _enqueue_params(rows: dict[str, list[Any]]) -> dict[str, str]:
+    return {
+        "priority": int_array(rows["priority"]),
+        "entrypoint": text_array(rows["entrypoint"]),
+        "delay": text_array(f"{d.total_seconds()} seconds" for d in rows["delay"]),
+        "at": text_array(None if a is None else a.isoformat() for a in rows["at"]),
+        "dedupe_key": text_array(rows["dedupe_key"]),
+        "payload": text_array(None if p is None else "\\x" + p.hex() for p in rows["payload"]),
+        "headers": text_array(json.dumps(h.obj) for h in rows["headers"]),
+    }
 
 
 def _normalize_batch(

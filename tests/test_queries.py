@@ -437,3 +437,23 @@ def test_completed_jobs_are_recorded_even_when_the_claim_loses_a_seat_race(
         assert future.result(timeout=10) == []
     assert dict(queries.job_status([done.id])) == {done.id: "successful"}
     assert ids[3] == done.id
+
+
+@pytest.mark.parametrize(
+    "name", ['q"uote', "com,ma", "{brace}", "back\\slash", "NULL", "sp ace", "ünïcødé ✓", "'"]
+)
+def test_awkward_names_keys_and_payloads_round_trip(queries, name):
+    payload = bytes(range(256))
+    headers = {"k": name, "nested": {"q": '"\\{}'}}
+    [job_id] = queries.enqueue(name, payload, dedupe_key=name, headers=headers)
+    [job] = claim(queries, {name: 0})
+    assert (job.id, job.entrypoint, job.payload, job.headers) == (job_id, name, payload, headers)
+    assert queries.log_jobs([(job, "successful", None)]) == [job_id]
+
+
+def test_array_literals_escape_everything():
+    from pgqueue_sync.sql.arrays import int_array, text_array
+
+    assert int_array([1, -2, 3]) == "{1,-2,3}"
+    assert text_array(["a", None, 'b"c', "d\\e"]) == '{"a",NULL,"b\\"c","d\\\\e"}'
+    assert text_array([]) == "{}"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import RowMaker
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConnectionFailed
@@ -114,9 +114,21 @@ class SyncPsycopgPoolDriver:
 
 
 def _fetch(conn: psycopg.Connection[Any], query: Query, params: Params) -> list[Row]:
-    with conn.cursor(row_factory=dict_row) as cur:
+    with conn.cursor(row_factory=_dict_rows) as cur:
         cur.execute(query, params)
-        return cur.fetchall() if cur.description is not None else []
+        result = cur.pgresult
+        if result is None or result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            return []
+        return cur.fetchall()
+
+
+def _dict_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
+    # Like psycopg's dict_row, without building Column objects for each result.
+    result = cursor.pgresult
+    if result is None or not result.nfields:
+        return lambda values: {}
+    names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+    return lambda values: dict(zip(names, values, strict=True))
 
 
 def connect(conninfo: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -34,8 +34,10 @@ class Statements:
             "status": settings.ident("queue_status_type"),
         }
 
-    def _sql(self, template: str, **extra: sql.Composable) -> sql.Composed:
-        return sql.SQL(template).format(**self._names, **extra)
+    def _sql(self, template: str, **extra: sql.Composable) -> sql.SQL:
+        # Rendered once: psycopg would otherwise re-render a Composed on every execute.
+        composed = sql.SQL(template).format(**self._names, **extra)
+        return sql.SQL(composed.as_string())
 
     @property
     def sequence_name(self) -> str:
@@ -47,7 +49,7 @@ class Statements:
     # -- enqueue ---------------------------------------------------------------------------
 
     @functools.cache  # noqa: B019 - one cache entry per mode, for life
-    def enqueue(self, on_conflict: str) -> sql.Composed:
+    def enqueue(self, on_conflict: str) -> sql.SQL:
         """Insert a batch (parallel arrays) and log ``queued`` for rows really inserted.
 
         Ids are drawn up front so the result maps every input position to its
@@ -95,7 +97,7 @@ ORDER BY i.ord
     # -- dequeue ---------------------------------------------------------------------------
 
     @functools.cache  # noqa: B019 - eight shapes at most
-    def dequeue(self, *, capacity: bool, budget: bool, finish: bool = False) -> sql.Composed:
+    def dequeue(self, *, capacity: bool, budget: bool, finish: bool = False) -> sql.SQL:
         """Claim up to ``%(batch)s`` jobs in one statement.
 
         ``capacity``: some entrypoint has a fleet-wide ``concurrency_limit``;
@@ -124,7 +126,7 @@ ORDER BY i.ord
     # -- completion, retry, hold -----------------------------------------------------------
 
     @functools.cached_property
-    def log_jobs(self) -> sql.Composed:
+    def log_jobs(self) -> sql.SQL:
         """Finish jobs: delete (or hold as ``failed``) and log only rows that still existed."""
         return self._sql(
             "WITH " + _FINISH + """
@@ -137,7 +139,7 @@ RETURNING job_id
         )
 
     @functools.cached_property
-    def retry_job(self) -> sql.Composed:
+    def retry_job(self) -> sql.SQL:
         """Put one job back to ``queued`` after a delay, counting the attempt."""
         return self._sql("""
 WITH retried AS (
@@ -153,7 +155,7 @@ RETURNING job_id
 """)
 
     @functools.cached_property
-    def requeue_jobs(self) -> sql.Composed:
+    def requeue_jobs(self) -> sql.SQL:
         """Move held (``failed``) jobs back to ``queued`` with ``attempts`` reset."""
         return self._sql("""
 WITH requeued AS (
@@ -171,7 +173,7 @@ SELECT id FROM requeued ORDER BY id
 """)
 
     @functools.cached_property
-    def release_jobs(self) -> sql.Composed:
+    def release_jobs(self) -> sql.SQL:
         """Hand this worker's unfinished jobs back to the queue at once, logging why."""
         return self._sql("""
 WITH given AS (
@@ -190,7 +192,7 @@ RETURNING job_id
 """)
 
     @functools.cached_property
-    def poll_state(self) -> sql.Composed:
+    def poll_state(self) -> sql.SQL:
         """One probe for the idle wait: is work eligible now, when is the next deferred job."""
         return self._sql("""
 SELECT
@@ -209,21 +211,21 @@ SELECT
 """)
 
     @functools.cached_property
-    def update_heartbeat(self) -> sql.Composed:
+    def update_heartbeat(self) -> sql.SQL:
         """Touch the heartbeat of running jobs (no status guard, as in PgQueuer)."""
         return self._sql(
             "UPDATE {queue} SET heartbeat = NOW() WHERE id = ANY(%(ids)s::bigint[])"
         )
 
     @functools.cached_property
-    def notify(self) -> sql.Composed:
+    def notify(self) -> sql.SQL:
         """Send one payload on a channel (delivered at commit)."""
         return self._sql("SELECT pg_notify(%(channel)s, %(payload)s)")
 
     # -- inspection ------------------------------------------------------------------------
 
     @functools.cached_property
-    def queue_size(self) -> sql.Composed:
+    def queue_size(self) -> sql.SQL:
         """Row counts grouped by entrypoint, priority and status."""
         return self._sql("""
 SELECT count(*) AS count, entrypoint, priority, status::text AS status
@@ -232,7 +234,7 @@ GROUP BY entrypoint, priority, status
 ORDER BY count, entrypoint, priority, status
 """)
 
-    def list_failed_jobs(self, order: str) -> sql.Composed:
+    def list_failed_jobs(self, order: str) -> sql.SQL:
         """Held jobs, newest (``DESC``) or oldest (``ASC``) first."""
         direction = sql.SQL("DESC" if order == "DESC" else "ASC")
         return self._sql(
@@ -242,7 +244,7 @@ ORDER BY count, entrypoint, priority, status
         )
 
     @functools.cached_property
-    def queue_log(self) -> sql.Composed:
+    def queue_log(self) -> sql.SQL:
         """Every log row, oldest first."""
         return self._sql(
             "SELECT created, job_id, status::text AS status, priority, entrypoint, traceback, "
@@ -250,7 +252,7 @@ ORDER BY count, entrypoint, priority, status
         )
 
     @functools.cached_property
-    def job_status(self) -> sql.Composed:
+    def job_status(self) -> sql.SQL:
         """The latest logged status of each job id."""
         return self._sql("""
 SELECT DISTINCT ON (job_id) job_id, status::text AS status
@@ -260,7 +262,7 @@ ORDER BY job_id, created DESC, id DESC
 """)
 
     @functools.cached_property
-    def queued_work(self) -> sql.Composed:
+    def queued_work(self) -> sql.SQL:
         """How many jobs of these entrypoints are queued, deferred ones included."""
         return self._sql(
             "SELECT count(*) AS count FROM {queue} "
@@ -268,7 +270,7 @@ ORDER BY job_id, created DESC, id DESC
         )
 
     @functools.cached_property
-    def eligible_queued_work(self) -> sql.Composed:
+    def eligible_queued_work(self) -> sql.SQL:
         """How many queued jobs of these entrypoints could run now (``<=``, like PgQueuer)."""
         return self._sql(
             "SELECT count(*) AS count FROM {queue} WHERE status = 'queued' "
@@ -276,7 +278,7 @@ ORDER BY job_id, created DESC, id DESC
         )
 
     @functools.cached_property
-    def next_deferred_eta(self) -> sql.Composed:
+    def next_deferred_eta(self) -> sql.SQL:
         """Time until the soonest deferred job of these entrypoints becomes eligible."""
         return self._sql(
             "SELECT min(execute_after) - NOW() AS eta FROM {queue} WHERE status = 'queued' "
@@ -286,7 +288,7 @@ ORDER BY job_id, created DESC, id DESC
     # -- cleanup ---------------------------------------------------------------------------
 
     @functools.cached_property
-    def clear_queue_for(self) -> sql.Composed:
+    def clear_queue_for(self) -> sql.SQL:
         """Delete the jobs of some entrypoints, logging each as ``deleted``."""
         return self._sql("""
 WITH gone AS (
@@ -297,11 +299,11 @@ INSERT INTO {log} (job_id, status, entrypoint, priority)
 SELECT id, 'deleted', entrypoint, priority FROM gone
 """)
 
-    def truncate(self, table: str) -> sql.Composed:
+    def truncate(self, table: str) -> sql.SQL:
         """Empty one of ``queue``, ``log``, ``stats`` or ``schedules`` (no log rows)."""
         return self._sql("TRUNCATE {table}", table=self._names[table])
 
-    def delete_for_entrypoints(self, table: str) -> sql.Composed:
+    def delete_for_entrypoints(self, table: str) -> sql.SQL:
         """Delete the rows of some entrypoints from ``log`` or ``stats``."""
         return self._sql(
             "DELETE FROM {table} WHERE entrypoint = ANY(%(entrypoints)s::text[])",
@@ -311,7 +313,7 @@ SELECT id, 'deleted', entrypoint, priority FROM gone
     # -- statistics ------------------------------------------------------------------------
 
     @functools.cache  # noqa: B019 - two variants
-    def aggregate_logs(self, *, locked: bool) -> sql.Composed:
+    def aggregate_logs(self, *, locked: bool) -> sql.SQL:
         """Fold unaggregated log rows into per-second statistics buckets.
 
         ``locked``: only proceed when ``pg_try_advisory_xact_lock`` on PgQueuer's
@@ -337,7 +339,7 @@ DO UPDATE SET count = s.count + EXCLUDED.count
 """)
 
     @functools.cached_property
-    def log_statistics(self) -> sql.Composed:
+    def log_statistics(self) -> sql.SQL:
         """The newest statistics buckets, optionally only those newer than ``%(last)s``."""
         return self._sql("""
 SELECT count, created, entrypoint, priority, status::text AS status
@@ -350,7 +352,7 @@ LIMIT %(limit)s
     # -- schedules -------------------------------------------------------------------------
 
     @functools.cached_property
-    def insert_schedule(self) -> sql.Composed:
+    def insert_schedule(self) -> sql.SQL:
         """Register (entrypoint, expression) pairs; existing pairs are left alone."""
         return self._sql("""
 INSERT INTO {schedules} (expression, entrypoint, next_run, status)
@@ -361,7 +363,7 @@ ON CONFLICT (expression, entrypoint) DO NOTHING
 """)
 
     @functools.cached_property
-    def fetch_schedule(self) -> sql.Composed:
+    def fetch_schedule(self) -> sql.SQL:
         """Claim due (or stale-picked, 30 s) schedules among the given pairs."""
         return self._sql("""
 WITH wanted AS (
@@ -386,7 +388,7 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
 """)
 
     @functools.cached_property
-    def set_schedule_queued(self) -> sql.Composed:
+    def set_schedule_queued(self) -> sql.SQL:
         """Release schedules after a run, stamping ``last_run``."""
         return self._sql(
             "UPDATE {schedules} SET status = 'queued', last_run = NOW(), updated = NOW() "
@@ -394,7 +396,7 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
         )
 
     @functools.cached_property
-    def update_schedule_heartbeat(self) -> sql.Composed:
+    def update_schedule_heartbeat(self) -> sql.SQL:
         """Keep running schedules from looking crashed."""
         return self._sql(
             "UPDATE {schedules} SET heartbeat = NOW(), updated = NOW() "
@@ -402,7 +404,7 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
         )
 
     @functools.cached_property
-    def peek_schedule(self) -> sql.Composed:
+    def peek_schedule(self) -> sql.SQL:
         """Every schedule row, by id."""
         return self._sql(
             "SELECT id, expression, heartbeat, created, updated, next_run, last_run, "
@@ -410,7 +412,7 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
         )
 
     @functools.cached_property
-    def delete_schedule(self) -> sql.Composed:
+    def delete_schedule(self) -> sql.SQL:
         """Delete schedules by id or by entrypoint."""
         return self._sql(
             "DELETE FROM {schedules} WHERE id = ANY(%(ids)s::bigint[]) "
@@ -569,7 +571,7 @@ _CLAIMED = """claimed AS (
     WHERE q.id = c.id
     RETURNING q.id, q.priority, q.created, q.updated, q.heartbeat, q.execute_after,
               q.status::text AS status, q.entrypoint, q.payload, q.attempts,
-              q.queue_manager_id, q.slot, q.headers
+              q.queue_manager_id, q.slot, NULLIF(q.headers, 'null'::jsonb) AS headers
 ),
 picked_log AS (
     INSERT INTO {log} (job_id, status, entrypoint, priority)

@@ -67,6 +67,20 @@ class PgQueuer:
 
         return cls(SyncPsycopgPoolDriver(pool), **kwargs)
 
+    @classmethod
+    def in_memory(
+        cls, channel: Channel | str | None = None, resources: MutableMapping[str, Any] | None = None
+    ) -> PgQueuer:
+        """A facade over the in-memory adapter: no database, one process, no durability.
+
+        For tests of handlers; see :mod:`pgqueue_sync.testing`.
+        """
+        from .inmemory import InMemoryDriver, InMemoryQueries
+
+        driver = InMemoryDriver()
+        queries = InMemoryQueries(driver)
+        return cls(driver, channel, resources, queries)  # type: ignore[arg-type]
+
     def entrypoint(
         self,
         name: str,

@@ -242,6 +242,8 @@ class QueueManager:
     def verify_structure(self) -> None:
         """Raise :class:`SchemaError` unless the tables, columns and indexes a 1.6 worker
         needs exist."""
+        if _in_process(self.queries.driver):
+            return  # the in-memory adapter has no catalog to check
         from .schema import Schema
 
         problems = Schema(self.queries.driver, self.queries.settings).verify("present")
@@ -316,8 +318,10 @@ class QueueManager:
 
     def _start_listener(self) -> Callable[[], None]:
         driver = self.queries.driver
-        if hasattr(driver, "add_listener"):  # the in-memory driver fans out in-process
-            return driver.add_listener(self._on_payload)  # type: ignore[no-any-return]
+        if _in_process(driver):
+            subscribe: Callable[[Callable[[str], None]], Callable[[], None]]
+            subscribe = driver.add_listener  # type: ignore[attr-defined]
+            return subscribe(self._on_payload)
         if not hasattr(driver, "new_connection"):
             raise ConfigurationError(
                 f"{type(driver).__name__} cannot open a LISTEN connection; "
@@ -692,6 +696,11 @@ class QueueManager:
             return
         logger.warning("handed %d unfinished jobs back to the queue: %s",
                        len(released), sorted(released))
+
+
+def _in_process(driver: object) -> bool:
+    """True for the in-memory driver, which fans notifications out in-process."""
+    return hasattr(driver, "add_listener")
 
 
 def _set(event: threading.Event) -> None:

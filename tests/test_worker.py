@@ -435,3 +435,27 @@ def test_pgqueuer_facade_names(dsn):
         assert isinstance(pgq, PgQueuer)
         assert pgq.qm.shutdown is pgq.shutdown
         assert pgq.channel == "ch_pgqueuer"
+
+
+def test_in_memory_worker_runs_sync_async_and_limited_jobs():
+    pgq = PgQueuer.in_memory()
+    seen: list[bytes] = []
+
+    @pgq.entrypoint("plain")
+    def plain(job: Job) -> None:
+        seen.append(job.payload)
+
+    @pgq.entrypoint("limited", concurrency_limit=1)
+    async def limited(job: Job) -> None:
+        seen.append(job.payload)
+
+    @pgq.entrypoint("flaky")
+    def flaky(job: Job) -> None:
+        if job.attempts == 0:
+            raise RetryRequested(reason="once")
+        seen.append(job.payload)
+
+    pgq.queries.enqueue(["plain", "limited", "limited", "flaky"], [b"1", b"2", b"3", b"4"])
+    pgq.run(mode="drain", **FAST)
+    assert sorted(seen) == [b"1", b"2", b"3", b"4"]
+    assert pgq.queries.queue_size() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,8 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._on_failure = on_failure
         self._stop = threading.Event()
+        # A self-pipe in the select() set lets stop() interrupt a wait at once.
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._conn: psycopg.Connection[Any] | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.connected = threading.Event()
@@ -68,11 +71,17 @@ class Listener:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the loop and close the connection; bounded by ``timeout``."""
         self._stop.set()
+        try:
+            self._wakeup_w.send(b"x")
+        except OSError:
+            pass
         if self._thread.is_alive():
             self._thread.join(timeout)
             if self._thread.is_alive():
                 logger.warning("listener thread did not stop within %.1fs", timeout)
         self._close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()
 
     def _open(self) -> psycopg.Connection[Any]:
         conn = self._connect()
@@ -98,8 +107,10 @@ class Listener:
         conn = self._conn
         if conn is None:
             raise psycopg.OperationalError("no listener connection")
-        readable, _, _ = select.select([conn.fileno()], [], [], SELECT_TIMEOUT)
-        if not readable:
+        fileno = conn.fileno()
+        wakeup = self._wakeup_r.fileno()
+        readable, _, _ = select.select([fileno, wakeup], [], [], SELECT_TIMEOUT)
+        if fileno not in readable:
             return
         pgconn = conn.pgconn
         pgconn.consume_input()

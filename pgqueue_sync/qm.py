@@ -306,7 +306,7 @@ class QueueManager:
             lane = threading.Thread(target=self._second_lane, args=(opts,),
                                     name="pgqueue_sync-claimer-1", daemon=True)
             lane.start()
-            stack.push(lambda: lane.join(JOIN_TIMEOUT))
+            stack.push(lambda: self._stop_lane(lane))
         if opts.log_aggregation_interval:
             aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
                                 name="pgqueue_sync-aggregator").start()
@@ -368,6 +368,7 @@ class QueueManager:
         if opts.mode is QueueExecutionMode.drain and not (busy or writes_pending or state.queued):
             logger.info("drain mode: no work left")
             self._drained = True
+            self.shutdown.set()  # as PgQueuer does once drained
             return
         queued = state.queued or writes_pending
         self._wake.wait(self._idle_wait(opts, state.eligible, state.eta, queued))
@@ -392,6 +393,11 @@ class QueueManager:
                 return True
             self._backlog.set()
         return True
+
+    def _stop_lane(self, lane: threading.Thread) -> None:
+        self._backlog.set()  # wake it; it sees shutdown and leaves
+        self._lane_wake.set()
+        lane.join(JOIN_TIMEOUT)
 
     def _second_lane(self, opts: options.RunOptions) -> None:
         """A second claimer, active only while a backlog exists, so claim round trips

@@ -27,9 +27,10 @@ LOG_AGGREGATION_INTERVAL = timedelta(seconds=30)
 CONCURRENCY = 10
 #: Re-poll interval while eligible work exists but limits blocked it.
 MIN_DEQUEUE_POLL_INTERVAL = 0.1
-#: Claim lanes per worker: a second lane overlaps claim round trips while a
-#: backlog exists (never used with max_concurrent_tasks).
-CLAIM_LANES = 2
+#: Claim lanes per worker: extra lanes overlap claim round trips while a
+#: backlog exists (never used with max_concurrent_tasks). Three measured best
+#: on 2 cores with the pool driver (benchmarks/worker.py).
+CLAIM_LANES = 3
 #: How long an idle second lane sleeps between checks (seconds).
 LANE_IDLE_WAIT = 1.0
 #: The flusher writes outcomes itself once this many batches of them wait

@@ -300,13 +300,16 @@ class QueueManager:
         health = Ticker(lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
                         name="pgqueue_sync-health", jitter=0.0).start()
         stack.push(health.stop)
-        if lanes > 1:
-            # Not with a budget: it is counted in SQL, and two concurrent claims
-            # could each see room for the same jobs.
-            lane = threading.Thread(target=self._second_lane, args=(opts,),
-                                    name="pgqueue_sync-claimer-1", daemon=True)
+        # Extra claim lanes, not with a budget: it is counted in SQL, and two
+        # concurrent claims could each see room for the same jobs.
+        extra = [
+            threading.Thread(target=self._extra_lane, args=(opts,),
+                             name=f"pgqueue_sync-claimer-{i}", daemon=True)
+            for i in range(1, lanes)
+        ]
+        for lane in extra:
             lane.start()
-            stack.push(lambda: self._stop_lane(lane))
+        stack.push(lambda: self._stop_lanes(extra))
         if opts.log_aggregation_interval:
             aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
                                 name="pgqueue_sync-aggregator").start()
@@ -394,13 +397,14 @@ class QueueManager:
             self._backlog.set()
         return True
 
-    def _stop_lane(self, lane: threading.Thread) -> None:
-        self._backlog.set()  # wake it; it sees shutdown and leaves
+    def _stop_lanes(self, lanes: list[threading.Thread]) -> None:
+        self._backlog.set()  # wake them; they see shutdown and leave
         self._lane_wake.set()
-        lane.join(JOIN_TIMEOUT)
+        for lane in lanes:
+            lane.join(JOIN_TIMEOUT)
 
-    def _second_lane(self, opts: options.RunOptions) -> None:
-        """A second claimer, active only while a backlog exists, so claim round trips
+    def _extra_lane(self, opts: options.RunOptions) -> None:
+        """An extra claimer, active only while a backlog exists, so claim round trips
         overlap; idle polling stays with the dispatcher."""
         backoff = options.DATABASE_RETRY_INITIAL
         while not self.shutdown.is_set() and not self._drained:

@@ -578,10 +578,7 @@ class Schema:
         self, *, durability: Durability | None = None, create_schema: bool = True
     ) -> str:
         """The install as an offline SQL script (no existence check)."""
-        statements = ddl.install_statements(
-            self.settings, durability=durability, create_schema=create_schema
-        )
-        return ddl.render_script(statements, ddl.install_header(self.settings, durability))
+        return install_script(self.settings, durability=durability, create_schema=create_schema)
 
     def uninstall(self) -> None:
         """Drop the trigger, function, four tables, enum and legacy enum, in one transaction.
@@ -594,7 +591,7 @@ class Schema:
 
     def uninstall_sql(self) -> str:
         """The uninstall as an offline SQL script."""
-        return ddl.render_script(ddl.uninstall_statements(self.settings))
+        return uninstall_script(self.settings)
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -732,7 +729,7 @@ class Schema:
 
     def durability_sql(self, level: Durability) -> str:
         """``SET LOGGED``/``SET UNLOGGED`` for all four tables, as an offline script."""
-        return ddl.render_script(ddl.durability_statements(self.settings, Durability(level)))
+        return durability_script(self.settings, level)
 
     def set_durability(self, level: Durability) -> list[str]:
         """Switch the tables to ``level`` in one transaction; returns the statements run.
@@ -761,3 +758,26 @@ class Schema:
 
 
 __all__ = ["Schema"]
+
+
+# -- offline scripts (no connection needed) -------------------------------------------------
+
+
+def install_script(
+    settings: DBSettings, *, durability: Durability | None = None, create_schema: bool = True
+) -> str:
+    """The install as an SQL script, for review or for a migration tool."""
+    statements = ddl.install_statements(
+        settings, durability=durability, create_schema=create_schema
+    )
+    return ddl.render_script(statements, ddl.install_header(settings, durability))
+
+
+def uninstall_script(settings: DBSettings) -> str:
+    """The uninstall as an SQL script (every drop ``IF EXISTS``)."""
+    return ddl.render_script(ddl.uninstall_statements(settings))
+
+
+def durability_script(settings: DBSettings, level: Durability) -> str:
+    """``SET LOGGED``/``SET UNLOGGED`` for all four tables, as an SQL script."""
+    return ddl.render_script(ddl.durability_statements(settings, Durability(level)))

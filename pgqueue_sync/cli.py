@@ -1,0 +1,424 @@
+"""The ``pgq-sync`` command line: schema management, queue inspection, the worker.
+
+User errors (no connection, schema missing, bad identifier or argument) print
+one ``Error: ...`` line and exit 1 (2 for usage and configuration errors),
+without a traceback. This is the only module that configures logging handlers
+and, with :mod:`pgqueue_sync.dsn`, reads the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn, TypeVar, cast
+
+import click
+import psycopg
+
+from . import supervisor
+from ._version import __version__
+from .cli_format import parse_duration, parse_headers, table, to_json
+from .drivers import SyncPsycopgDriver, connect
+from .dsn import ResolvedDSN, resolve_dsn
+from .errors import ConfigurationError, DuplicateJobError, PgqException
+from .queries import Queries
+from .schema import Schema, durability_script, install_script, uninstall_script
+from .settings import DBSettings
+from .types import Durability, QueueExecutionMode
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UserError(click.ClickException):
+    """A one-line error for the user; exit code 1."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageProblem(UserError):
+    """A configuration or usage error; exit code 2, as click's own usage errors."""
+
+    exit_code = EXIT_USAGE
+
+
+class State:
+    """What the global options decided; opens one connection on first use."""
+
+    def __init__(self, dsn: str | None, prefix: str | None, schema: str | None) -> None:
+        self.explicit_dsn = dsn
+        self.prefix = prefix
+        self.schema = schema
+        self._stack = contextlib.ExitStack()
+        self._driver: SyncPsycopgDriver | None = None
+        self._resolved: ResolvedDSN | None = None
+
+    @property
+    def settings(self) -> DBSettings:
+        """``PGQUEUER_*`` settings with ``--prefix`` / ``--schema`` applied."""
+        return DBSettings.from_env(prefix=self.prefix, db_schema=self.schema)
+
+    @property
+    def resolved(self) -> ResolvedDSN:
+        """The DSN to use (may start the embedded server)."""
+        if self._resolved is None:
+            self._resolved = resolve_dsn(self.explicit_dsn)
+            logger.debug("database: %s", self._resolved.describe())
+        return self._resolved
+
+    @property
+    def driver(self) -> SyncPsycopgDriver:
+        """An autocommit driver over one connection, closed when the command ends."""
+        if self._driver is None:
+            conn: psycopg.Connection[Any] = self._stack.enter_context(
+                connect(self.resolved.conninfo, autocommit=True)
+            )
+            self._driver = SyncPsycopgDriver(conn)
+        return self._driver
+
+    @property
+    def queries(self) -> Queries:
+        return Queries(self.driver, settings=self.settings)
+
+    @property
+    def schema_manager(self) -> Schema:
+        return Schema(self.driver, self.settings)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class Group(click.Group):
+    """Turns library errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise UsageProblem(_one_line(exc)) from None
+        except PgqException as exc:
+            raise UserError(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _state() -> State:
+    return click.get_current_context().ensure_object(State)
+
+
+def _fail(message: str) -> NoReturn:
+    raise UserError(message)
+
+
+def json_option(func: F) -> F:
+    """``--json``: machine-readable output instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--dsn",
+    metavar="DSN",
+    help="PostgreSQL DSN or URL. Default: PGQUEUE_SYNC_DSN, DATABASE_URL, PGQUEUER_DSN, PGDSN, "
+    "the PG* variables, then the embedded server.",
+)
+@click.option("--prefix", help="Prefix of every object name (env PGQUEUER_PREFIX).")
+@click.option("--schema", help="Schema holding the objects (env PGQUEUER_SCHEMA).")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Logging level (default WARNING; INFO for 'run').",
+)
+@click.version_option(__version__, prog_name="pgq-sync")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    dsn: str | None,
+    prefix: str | None,
+    schema: str | None,
+    log_level: str | None,
+) -> None:
+    """pgq-sync: a synchronous PostgreSQL job queue, compatible with PgQueuer 1.6."""
+    _configure_logging(log_level or ("INFO" if ctx.invoked_subcommand == "run" else "WARNING"))
+    state = State(dsn, prefix, schema)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+def _configure_logging(level: str) -> None:
+    # Without force: an application (or a test runner) that already set up
+    # logging keeps its handlers.
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "-d",
+    "--durability",
+    type=click.Choice([d.value for d in Durability]),
+    default=None,
+    help="durable (default), balanced (log tables UNLOGGED) or volatile (all UNLOGGED).",
+)
+@click.option("--create-schema/--no-create-schema", default=True, help="CREATE SCHEMA if needed.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL instead of running it.")
+def install(durability: str | None, create_schema: bool, dry_run: bool) -> None:
+    """Create the queue tables, enum, function and trigger (as `pgq install`)."""
+    state = _state()
+    level = Durability(durability) if durability else None
+    if dry_run:
+        click.echo(install_script(state.settings, durability=level, create_schema=create_schema))
+        return
+    state.schema_manager.install(durability=level, create_schema=create_schema)
+    click.echo(f"installed the queue schema in {state.resolved.describe()}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print the SQL instead of running it.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def uninstall(dry_run: bool, yes: bool) -> None:
+    """Drop every queue object. Destroys all queued jobs and logs."""
+    state = _state()
+    if dry_run:
+        click.echo(uninstall_script(state.settings))
+        return
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"drop the queue schema in {state.resolved.describe()}?", abort=True)
+    state.schema_manager.uninstall()
+    click.echo("uninstalled the queue schema")
+
+
+@cli.command()
+@click.option("--plan", is_flag=True, help="Print the SQL the upgrade would run, change nothing.")
+def upgrade(plan: bool) -> None:
+    """Bring an older PgQueuer/pgq-sync schema to the 1.6.0 shape (idempotent)."""
+    schema = _state().schema_manager
+    statements = schema.plan_upgrade() if plan else schema.upgrade()
+    if not statements:
+        click.echo("the queue schema is already up to date")
+        return
+    for statement in statements:
+        click.echo(statement.rstrip().rstrip(";") + ";")
+    if not plan:
+        click.echo(f"-- applied {len(statements)} statement(s)", err=True)
+
+
+@cli.command()
+@click.option("--expect", type=click.Choice(["present", "absent"]), required=True)
+def verify(expect: str) -> None:
+    """Check that every queue object is present (or absent); exit 1 on a mismatch."""
+    problems = _state().schema_manager.verify(expect)  # type: ignore[arg-type]
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        _fail(f"{len(problems)} problem(s): the schema is not {expect}")
+    click.echo(f"the queue schema is {expect}")
+
+
+@cli.command()
+@click.argument("level", type=click.Choice([d.value for d in Durability]))
+@click.option("--dry-run", is_flag=True, help="Print the SQL instead of running it.")
+def durability(level: str, dry_run: bool) -> None:
+    """Switch the tables between LOGGED and UNLOGGED (rewrites changed tables)."""
+    state = _state()
+    if dry_run:
+        click.echo(durability_script(state.settings, Durability(level)))
+        return
+    ran = state.schema_manager.set_durability(Durability(level))
+    click.echo(f"durability is {level} ({len(ran)} table(s) changed)")
+
+
+# -- the queue ------------------------------------------------------------------------------
+
+
+@cli.command("queue-size")
+@json_option
+def queue_size(as_json: bool) -> None:
+    """Jobs in the queue table by entrypoint, priority and status."""
+    stats = _state().queries.queue_size()
+    rows = sorted((s.entrypoint, s.priority, s.status, s.count) for s in stats)
+    if as_json:
+        keys = ("entrypoint", "priority", "status", "count")
+        click.echo(to_json([dict(zip(keys, row, strict=True)) for row in rows]))
+    elif not rows:
+        click.echo("the queue is empty")
+    else:
+        click.echo(table(("entrypoint", "priority", "status", "count"), rows))
+
+
+@cli.command()
+@click.argument("entrypoint")
+@click.argument("payload", required=False)
+@click.option("-p", "--priority", type=int, default=0, show_default=True)
+@click.option("--delay", default=None, help="Run no sooner than this: 30, 30s, 5m, 2h, 1d.")
+@click.option("--dedupe-key", default=None, help="Refuse a second queued/picked job with this key.")
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["raise", "skip", "update_priority"]),
+    default="raise",
+    show_default=True,
+    help="What a duplicate dedupe key does.",
+)
+@click.option("--headers", default=None, help="Job headers as a JSON object.")
+def enqueue(
+    entrypoint: str,
+    payload: str | None,
+    priority: int,
+    delay: str | None,
+    dedupe_key: str | None,
+    on_conflict: str,
+    headers: str | None,
+) -> None:
+    """Add a job; PAYLOAD is stored as UTF-8 bytes. Prints the new job id."""
+    after = parse_duration(delay, option="--delay") if delay else None
+    try:
+        ids = _state().queries.enqueue(
+            entrypoint,
+            payload.encode() if payload is not None else None,
+            priority,
+            after,
+            dedupe_key,
+            parse_headers(headers),
+            on_conflict=cast(Any, on_conflict),
+        )
+    except DuplicateJobError:
+        _fail(f"a job with dedupe key {dedupe_key!r} is already queued or running")
+    if ids[0] is None:
+        click.echo(f"skipped: a job with dedupe key {dedupe_key!r} is already queued or running")
+        return
+    click.echo(ids[0])
+
+
+# PgQueuer's name for the same command, kept out of the help listing.
+cli.add_command(
+    click.Command(
+        "queue", callback=enqueue.callback, params=enqueue.params, help=enqueue.help, hidden=True
+    )
+)
+
+
+@cli.command()
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=25, show_default=True)
+@json_option
+def failed(limit: int, as_json: bool) -> None:
+    """Jobs held with status 'failed' (entrypoints with on_failure='hold')."""
+    jobs = _state().queries.list_failed_jobs(limit=limit)
+    if as_json:
+        keys = ("id", "entrypoint", "priority", "attempts", "created", "updated")
+        rows = [{k: getattr(j, k) for k in keys} | {"payload_bytes": len(j.payload or b"")}
+                for j in jobs]
+        click.echo(to_json(rows))
+    elif not jobs:
+        click.echo("no held jobs")
+    else:
+        rows2 = [(j.id, j.entrypoint, j.priority, j.attempts, j.updated) for j in jobs]
+        click.echo(table(("id", "entrypoint", "priority", "attempts", "held since"), rows2))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, type=int, required=True)
+def requeue(ids: Sequence[int]) -> None:
+    """Put held ('failed') jobs back in the queue with attempts reset."""
+    done = _state().queries.requeue_jobs(ids)
+    _report("requeued", ids, done, "not held jobs")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, type=int, required=True)
+def cancel(ids: Sequence[int]) -> None:
+    """Cancel jobs: queued ones are removed, running ones see their cancellation token."""
+    done = _state().queries.mark_job_as_cancelled(ids)
+    _report("canceled", ids, done, "not in the queue")
+
+
+def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> None:
+    click.echo(f"{verb} {len(done)} job(s)" + (f": {', '.join(map(str, done))}" if done else ""))
+    missed = sorted(set(asked) - set(done))
+    if missed:
+        click.echo(f"ignored {len(missed)} id(s), {why}: {', '.join(map(str, missed))}", err=True)
+
+
+# -- the worker -----------------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("factory")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Handler threads.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--dequeue-timeout", type=float, default=30.0, show_default=True)
+@click.option("--heartbeat-timeout", type=float, default=30.0, show_default=True)
+@click.option("--max-concurrent-tasks", type=click.IntRange(min=1), default=None)
+@click.option("--mode", type=click.Choice([m.value for m in QueueExecutionMode]),
+              default="continuous", show_default=True)
+@click.option("--shutdown-timeout", type=float, default=None,
+              help="Seconds running jobs get to finish at shutdown (default: wait).")
+@click.option("--shutdown-on-listener-failure", is_flag=True)
+@click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")
+@click.option("--restart-delay", type=float, default=5.0, show_default=True)
+def run(factory: str, args: Sequence[str], restart_on_failure: bool, restart_delay: float,
+        **options: Any) -> None:
+    """Run the worker that FACTORY (module:function) builds; ARGS after -- go to the factory.
+
+    The factory returns a PgQueuer or QueueManager, or a context manager
+    yielding one. --dsn/--prefix/--schema are exported as PGQUEUE_SYNC_DSN,
+    PGQUEUER_PREFIX and PGQUEUER_SCHEMA for the factory to read.
+    """
+    _export_globals(_state())
+    options = {k: v for k, v in options.items() if v is not None}
+    supervisor.run(
+        factory, args, restart_on_failure=restart_on_failure, restart_delay=restart_delay,
+        **options,
+    )
+
+
+def _export_globals(state: State) -> None:
+    if state.explicit_dsn:
+        os.environ["PGQUEUE_SYNC_DSN"] = state.explicit_dsn
+    if state.prefix is not None:
+        os.environ["PGQUEUER_PREFIX"] = state.prefix
+    if state.schema is not None:
+        os.environ["PGQUEUER_SCHEMA"] = state.schema
+
+
+@cli.command()
+@click.option("-n", "--jobs", type=click.IntRange(min=1, max=10_000), default=20, show_default=True)
+def demo(jobs: int) -> None:
+    """Install the schema if needed, enqueue demo jobs and process them with the worker."""
+    from .demo import run_demo
+
+    state = _state()
+    click.echo(f"database: {state.resolved.describe()}")
+    report = run_demo(state.resolved.conninfo, jobs=jobs, settings=state.settings, echo=click.echo)
+    if report.installed_schema:
+        click.echo("installed the queue schema")
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(report.outcomes.items()))
+    click.echo(f"processed {report.enqueued} jobs in {report.seconds:.2f}s: {summary}")
+
+
+@contextlib.contextmanager
+def _no_traceback_on_interrupt() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    with _no_traceback_on_interrupt():
+        cli.main(args=list(argv) if argv is not None else None, prog_name="pgq-sync")

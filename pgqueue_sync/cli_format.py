@@ -1,0 +1,84 @@
+"""Plain-text tables and argument parsing for the CLI (no click, no database)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from .errors import ConfigurationError
+
+_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, *, option: str) -> timedelta:
+    """``"90"``, ``"1.5s"``, ``"10m"``, ``"2h"``, ``"1d"`` or ``"250ms"`` as a timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigurationError(
+            f"{option} must be seconds or a number ending in ms/s/m/h/d (e.g. 30s, 5m), "
+            f"got {text!r}"
+        )
+    seconds = float(match.group("value")) * _UNIT_SECONDS[match.group("unit") or "s"]
+    return timedelta(seconds=seconds)
+
+
+def parse_headers(text: str | None) -> dict[str, Any] | None:
+    """A JSON object for ``--headers``."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--headers must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"--headers must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned text columns (numbers right-aligned) under a header rule."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    numeric = [all(_is_number(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        columns = zip(values, widths, numeric, strict=True)
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in columns]
+        return "  ".join(parts).rstrip()
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)
+
+
+def to_json(value: object) -> str:
+    """JSON with datetimes as ISO 8601 and bytes as their length."""
+    return json.dumps(value, default=_json_default, indent=2, sort_keys=True)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

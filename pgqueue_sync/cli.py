@@ -354,29 +354,42 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
 # -- the worker -----------------------------------------------------------------------------
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+@cli.command()
 @click.argument("factory")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Handler threads.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--dequeue-timeout", type=float, default=30.0, show_default=True)
-@click.option("--heartbeat-timeout", type=float, default=30.0, show_default=True)
-@click.option("--max-concurrent-tasks", type=click.IntRange(min=1), default=None)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Handler threads (jobs in flight) per worker.  [default: 10]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Jobs claimed per statement.")
+@click.option("--dequeue-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds between polls when no notification arrives.")
+@click.option("--heartbeat-timeout", type=float, default=30.0, show_default=True,
+              help="A picked job with an older heartbeat is re-picked (same on every worker).")
+@click.option("--max-concurrent-tasks", type=click.IntRange(min=1), default=None,
+              help="Cap on jobs this worker holds picked at once.")
 @click.option("--mode", type=click.Choice([m.value for m in QueueExecutionMode]),
-              default="continuous", show_default=True)
+              default="continuous", show_default=True,
+              help="drain: exit once no eligible work remains.")
 @click.option("--shutdown-timeout", type=float, default=None,
-              help="Seconds running jobs get to finish at shutdown (default: wait).")
-@click.option("--shutdown-on-listener-failure", is_flag=True)
+              help="Seconds running jobs get to finish at shutdown; the rest go back to the "
+              "queue.  [default: wait]")
+@click.option("--shutdown-on-listener-failure", is_flag=True,
+              help="Stop when the LISTEN connection fails its health check.")
 @click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")
-@click.option("--restart-delay", type=float, default=5.0, show_default=True)
+@click.option("--restart-delay", type=float, default=5.0, show_default=True,
+              help="Seconds before a restart.")
+@click.option("--log-level", "run_log_level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              default=None, help="Logging level of the worker.  [default: INFO]")
 def run(factory: str, args: Sequence[str], restart_on_failure: bool, restart_delay: float,
-        **options: Any) -> None:
+        run_log_level: str | None, **options: Any) -> None:
     """Run the worker that FACTORY (module:function) builds; ARGS after -- go to the factory.
 
     The factory returns a PgQueuer or QueueManager, or a context manager
     yielding one. --dsn/--prefix/--schema are exported as PGQUEUE_SYNC_DSN,
     PGQUEUER_PREFIX and PGQUEUER_SCHEMA for the factory to read.
     """
+    if run_log_level:
+        logging.getLogger().setLevel(run_log_level.upper())
     _export_globals(_state())
     options = {k: v for k, v in options.items() if v is not None}
     supervisor.run(

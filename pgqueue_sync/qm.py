@@ -58,6 +58,10 @@ from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, Qu
 
 logger = logging.getLogger(__name__)
 
+#: How often the shutdown watcher checks whether run() has ended (seconds);
+#: a set shutdown event is seen at once.
+SHUTDOWN_WATCH_INTERVAL = 0.5
+
 F = TypeVar("F", bound=Callable[..., Any])
 ExecutorFactory = Callable[[EntrypointExecutorParameters], AbstractEntrypointExecutor]
 
@@ -275,7 +279,11 @@ class QueueManager:
         if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):
             self._loop = EventLoopThread().start()
             stack.push(self._loop.close)
-        lanes = 1 if opts.max_concurrent_tasks is not None else opts.claim_lanes
+        # One claimer keeps starts in claim (priority) order; concurrent lanes may
+        # start jobs claimed at the same moment in either order, which a serial
+        # worker (concurrency 1) would notice.
+        serial = opts.max_concurrent_tasks is not None or opts.concurrency == 1
+        lanes = 1 if serial else opts.claim_lanes
         self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes)
         pool = self._pool = HandlerPool(opts.concurrency)
         # Threads of handed-back jobs may never return; don't wait for them.
@@ -297,6 +305,7 @@ class QueueManager:
         self._heartbeats.start()
         stack.push(self._heartbeats.stop)
         stack.push(self._start_listener())
+        stack.push(self._watch_shutdown())
         health = Ticker(lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
                         name="pgqueue_sync-health", jitter=0.0).start()
         stack.push(health.stop)
@@ -314,6 +323,31 @@ class QueueManager:
             aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
                                 name="pgqueue_sync-aggregator").start()
             stack.push(aggregator.stop)
+
+    def _watch_shutdown(self) -> Callable[[], None]:
+        """Turn ``shutdown.set()`` from any thread into wake-ups of every waiting loop.
+
+        ``shutdown`` may be any ``threading.Event`` (one can be passed in), and
+        an Event cannot notify anyone; without this, an idle dispatcher would
+        notice it only after ``dequeue_timeout``.
+        """
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                if self.shutdown.wait(SHUTDOWN_WATCH_INTERVAL):
+                    for event in (self._wake, self._lane_wake, self._backlog):
+                        event.set()
+                    return
+
+        watcher = threading.Thread(target=watch, name="pgqueue_sync-shutdown-watch", daemon=True)
+        watcher.start()
+
+        def stop() -> None:
+            done.set()
+            watcher.join(JOIN_TIMEOUT)
+
+        return stop
 
     def _shortest_stale(self, opts: options.RunOptions) -> timedelta:
         timeouts = [reg.claim.stale_after for reg in self.entrypoint_registry.values()]
@@ -652,10 +686,10 @@ class QueueManager:
             self._pending_probes.pop(probe_id, None)
 
     def _probe_listener(self, opts: options.RunOptions) -> None:
-        if self.listener_healthy():
+        if self.listener_healthy(options.HEALTH_CHECK_TIMEOUT):
             return
-        logger.warning("listener health check failed: no echo within %.0fs",
-                       options.HEALTH_CHECK_TIMEOUT)
+        logger.warning("listener health check failed: no echo within %.1fs",
+                       options.HEALTH_CHECK_TIMEOUT.total_seconds())
         if opts.shutdown_on_listener_failure and opts.mode is not QueueExecutionMode.drain:
             self._listener_error = FailingListenerError()
             self.shutdown.set()

@@ -78,3 +78,14 @@ def test_deaf_listener_only_warns_by_default(
         with running(pgq, dequeue_timeout=30) as thread:
             wait_for(lambda: "listener health check failed" in caplog.text, timeout=10)
             assert thread.is_alive()
+
+
+def test_shutdown_set_from_another_thread_stops_an_idle_worker_at_once(dsn: str) -> None:
+    with pool_for(dsn) as pool:
+        pgq = PgQueuer.from_psycopg_pool(pool)
+        pgq.entrypoint("noop")(lambda job: None)
+        with running(pgq, dequeue_timeout=60) as thread:
+            assert wait_for(lambda: pgq.qm.listener_healthy(timeout=2), timeout=10)  # idle now
+            pgq.shutdown.set()
+            thread.join(timeout=3)  # far below dequeue_timeout
+            assert not thread.is_alive(), "run() waited for the poll interval"

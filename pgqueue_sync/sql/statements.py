@@ -21,6 +21,21 @@ _JOB_COLUMNS = (
 )
 
 
+# The enqueue result, by "raise" mode: there every row is inserted or the
+# statement fails, so the ids drawn up front are the answer (data-modifying
+# CTEs run whether or not they are referenced); otherwise map skipped and
+# priority-updated rows to what the table holds.
+_ENQUEUE_RESULT = {
+    True: "SELECT id FROM input ORDER BY ord\n",
+    False: """SELECT COALESCE(w.id, u.id) AS id
+FROM input i
+LEFT JOIN written w ON w.id = i.id
+LEFT JOIN written u ON NOT u.fresh AND u.dedupe_key = i.dedupe_key
+ORDER BY i.ord
+""",
+}
+
+
 class Statements:
     """Composed statements for one set of object names; immutable and thread-safe."""
 
@@ -86,12 +101,7 @@ logged AS (
     INSERT INTO {log} (job_id, status, entrypoint, priority)
     SELECT id, 'queued', entrypoint, priority FROM written WHERE fresh
 )
-SELECT COALESCE(w.id, u.id) AS id
-FROM input i
-LEFT JOIN written w ON w.id = i.id
-LEFT JOIN written u ON NOT u.fresh AND u.dedupe_key = i.dedupe_key
-ORDER BY i.ord
-"""
+""" + _ENQUEUE_RESULT[on_conflict == "raise"]
         return self._sql(template, dedupe_predicate=predicate)
 
     # -- dequeue ---------------------------------------------------------------------------

@@ -271,9 +271,18 @@ class QueueManager:
         except _ShutdownNow:
             logger.warning("second signal: stopping now")
         finally:
+            self._finalize(stack)
+
+    def _finalize(self, stack: _Lifecycle) -> None:
+        try:
             self._release_unfinished()
             stack.close()
-            logger.info("worker %s stopped", self.queue_manager_id)
+        except _ShutdownNow:
+            # Another signal while the final writes run (e.g. blocked on a lock):
+            # leave now. Unwritten outcomes leave their jobs picked; they are
+            # re-run once their heartbeat is stale (at-least-once, nothing lost).
+            logger.warning("signal during the final writes: stopping without them")
+        logger.info("worker %s stopped", self.queue_manager_id)
 
     def _start(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
         if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):

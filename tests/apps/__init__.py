@@ -1,0 +1,1 @@
+"""Worker applications that tests start in real child processes."""

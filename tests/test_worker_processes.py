@@ -312,6 +312,32 @@ def test_second_signal_ends_the_graceful_wait_at_once(
     assert last.traceback.additional_context["reason"] == "shutdown"
 
 
+def test_signal_during_blocked_final_writes_exits_cleanly_without_losing_the_job(
+    fleet: Fleet, queries: Queries, conn: psycopg.Connection[Any], connect: Any
+) -> None:
+    """A second signal while the final outcome write is stuck on a row lock ends
+    the process at once with exit 0 (no traceback); the job is not lost."""
+    [job_id] = queries.enqueue("hold", fleet.hold("release-me"))
+    worker = fleet.start("worker", concurrency=1)
+    wait_until("the held job started", lambda: fleet.events("start", job_id), BOOT_TIMEOUT)
+    locker = connect(autocommit=False)
+    locker.execute("SELECT 1 FROM pgqueuer WHERE id = %s FOR UPDATE", [job_id])
+    try:
+        worker.send(signal.SIGTERM)
+        fleet.release("release-me")
+        wait_until("the job ended", lambda: fleet.events("end", job_id), BOOT_TIMEOUT)
+        worker.assert_running_for(0.5)  # its final write waits for our lock
+        worker.send(signal.SIGINT)
+        assert worker.wait_exit(5) == 0
+        assert "Traceback" not in worker.log()
+    finally:
+        locker.rollback()
+    # The blocked statement was already on the server: it completes once the
+    # lock goes, so the outcome is recorded, not lost.
+    wait_until("the outcome is written", lambda: status_of(queries, job_id) == "successful", 5)
+    assert one(conn, "SELECT count(*) FROM pgqueuer WHERE id = %s", [job_id]) == (0,)
+
+
 # -- 4. SIGKILL ------------------------------------------------------------------------------
 
 

@@ -40,6 +40,13 @@ from .models import (
 )
 from .qm import QueueManager
 from .queries import EntrypointExecutionParameter, Queries
+from .scheduler import (
+    AbstractScheduleExecutor,
+    ScheduleExecutor,
+    ScheduleExecutorFactoryParameters,
+    SchedulerManager,
+    normalize_expression,
+)
 from .settings import DBSettings, db_settings
 from .types import Durability, JobId, QueueExecutionMode
 
@@ -47,6 +54,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AbstractEntrypointExecutor",
+    "AbstractScheduleExecutor",
     "CancellationToken",
     "Context",
     "DatabaseRetryEntrypointExecutor",
@@ -56,6 +64,9 @@ __all__ = [
     "PgQueuer",
     "QueueManager",
     "ScheduleContext",
+    "ScheduleExecutor",
+    "ScheduleExecutorFactoryParameters",
+    "SchedulerManager",
     "AlreadyInstalledError",
     "CancellationEvent",
     "ConfigurationError",
@@ -86,4 +97,5 @@ __all__ = [
     "TracebackRecord",
     "__version__",
     "db_settings",
+    "normalize_expression",
 ]

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, MutableMapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from . import options
 from .drivers.base import Driver
 from .executors import AbstractEntrypointExecutor
 from .qm import ExecutorFactory, QueueManager
 from .queries import Queries
+from .scheduler import ScheduleExecutorFactory, SchedulerManager, signal_handlers
 from .settings import DBSettings
 from .types import Channel, OnFailure, QueueExecutionMode
 
+logger = logging.getLogger(__name__)
+
 F = TypeVar("F", bound=Callable[..., Any])
+#: How often run() re-checks the scheduler thread while waiting for it to stop (seconds).
+_JOIN_SLICE = 0.5
 
 
 class PgQueuer:
-    """One queue application: its entrypoints, shared ``resources`` and ``run()``.
+    """One queue application: its entrypoints, schedules, shared ``resources`` and ``run()``.
 
     Example::
 
@@ -31,8 +38,10 @@ class PgQueuer:
 
         pgq.run()  # blocks; SIGINT/SIGTERM stop it gracefully
 
-    ``resources`` is the very mapping every job's ``Context.resources`` gets.
-    ``pgq.shutdown`` is a :class:`threading.Event`; set it to stop ``run()``.
+    ``resources`` is the very mapping every job's ``Context.resources`` and
+    every schedule's ``ScheduleContext.resources`` get. ``pgq.shutdown`` is a
+    :class:`threading.Event` shared by the worker (``pgq.qm``) and the
+    scheduler (``pgq.sm``); set it to stop ``run()``.
     """
 
     def __init__(
@@ -51,6 +60,7 @@ class PgQueuer:
         self.qm = QueueManager(
             self.queries, channel, resources=self.resources, shutdown=self.shutdown
         )
+        self.sm = SchedulerManager(self.queries, resources=self.resources, shutdown=self.shutdown)
         self.channel = self.qm.channel
 
     @classmethod
@@ -109,6 +119,30 @@ class PgQueuer:
         """Register a ready-made executor; see :meth:`QueueManager.register_executor`."""
         self.qm.register_executor(name, executor)
 
+    def schedule(
+        self,
+        entrypoint: str,
+        expression: str,
+        *,
+        clean_old: bool = False,
+        accepts_context: bool | None = None,
+        executor_factory: ScheduleExecutorFactory | None = None,
+    ) -> Callable[[F], F]:
+        """Register a cron schedule; see :meth:`SchedulerManager.schedule`.
+
+        Example::
+
+            @pgq.schedule("nightly_report", "0 3 * * *")
+            def nightly_report(schedule: Schedule) -> None: ...
+        """
+        return self.sm.schedule(
+            entrypoint,
+            expression,
+            clean_old=clean_old,
+            accepts_context=accepts_context,
+            executor_factory=executor_factory,
+        )
+
     def run(
         self,
         *,
@@ -122,15 +156,57 @@ class PgQueuer:
         concurrency: int | None = None,
         shutdown_timeout: timedelta | float | None = None,
     ) -> None:
-        """Run the worker until shut down; see :meth:`QueueManager.run`."""
-        self.qm.run(
-            dequeue_timeout=dequeue_timeout,
-            batch_size=batch_size,
-            mode=mode,
-            max_concurrent_tasks=max_concurrent_tasks,
-            shutdown_on_listener_failure=shutdown_on_listener_failure,
-            heartbeat_timeout=heartbeat_timeout,
-            log_aggregation_interval=log_aggregation_interval,
-            concurrency=concurrency,
-            shutdown_timeout=shutdown_timeout,
-        )
+        """Run the worker and the scheduler until shut down; see :meth:`QueueManager.run`.
+
+        Blocks. With both entrypoints and schedules registered, the scheduler
+        runs in the ``pgqueue_sync-scheduler`` thread next to the worker; if
+        either fails, ``shutdown`` is set, both stop and the error is raised
+        here. With only schedules, only the scheduler runs (the worker options
+        other than ``shutdown_timeout`` do not apply). ``shutdown_timeout``
+        bounds the wait for running jobs and running schedules alike.
+        """
+        worker_options: dict[str, Any] = {
+            "dequeue_timeout": dequeue_timeout,
+            "batch_size": batch_size,
+            "mode": mode,
+            "max_concurrent_tasks": max_concurrent_tasks,
+            "shutdown_on_listener_failure": shutdown_on_listener_failure,
+            "heartbeat_timeout": heartbeat_timeout,
+            "log_aggregation_interval": log_aggregation_interval,
+            "concurrency": concurrency,
+            "shutdown_timeout": shutdown_timeout,
+        }
+        if not self.sm.registry:
+            self.qm.run(**worker_options)
+        elif not self.qm.entrypoint_registry:
+            self.sm.run(shutdown_timeout=shutdown_timeout)
+        else:
+            options.RunOptions.build(**worker_options)  # fail before any thread starts
+            self._run_both(worker_options)
+
+    def _run_both(self, worker_options: dict[str, Any]) -> None:
+        failures: list[BaseException] = []
+
+        def scheduler() -> None:
+            try:
+                self.sm.run(shutdown_timeout=worker_options["shutdown_timeout"])
+            except BaseException as exc:  # re-raised by run() in the caller's thread
+                logger.error("scheduler failed (%r); stopping the worker", exc)
+                failures.append(exc)
+            finally:
+                self.shutdown.set()  # fail fast: the worker stops with the scheduler
+
+        thread = threading.Thread(target=scheduler, name="pgqueue_sync-scheduler", daemon=True)
+        # While the worker runs, its own handlers take the signals (and hand ours
+        # back afterwards); these serve the wait for the scheduler below, where a
+        # further signal releases the schedules still running.
+        with signal_handlers(self.sm._on_signal):
+            thread.start()
+            try:
+                self.qm.run(**worker_options)
+            finally:
+                self.shutdown.set()
+                while thread.is_alive():
+                    thread.join(_JOIN_SLICE)
+        if failures:
+            raise failures[0]

@@ -1,9 +1,9 @@
 """Run a worker from a ``module:factory`` path, as ``pgq-sync run`` does.
 
 The factory is called (with the arguments after ``--`` as one ``list[str]`` if
-it takes a parameter) and must return a :class:`PgQueuer` or
-:class:`QueueManager`, or a context manager that yields one, for set-up and
-tear-down of resources around the worker.
+it takes a parameter) and must return a :class:`PgQueuer`, :class:`QueueManager`
+or :class:`SchedulerManager`, or a context manager that yields one, for set-up
+and tear-down of resources around the worker.
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ from .applications import PgQueuer
 from .errors import ConfigurationError, PgqException
 from .options import duration
 from .qm import QueueManager
+from .scheduler import SchedulerManager
 
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY = timedelta(seconds=5)
-Runnable = PgQueuer | QueueManager
+Runnable = PgQueuer | QueueManager | SchedulerManager
+_RUNNABLE = (PgQueuer, QueueManager, SchedulerManager)
+_EXPECTED = "a PgQueuer, QueueManager or SchedulerManager"
+#: The only run() option a bare SchedulerManager takes; the rest are the worker's.
+_SCHEDULER_OPTIONS = frozenset({"shutdown_timeout"})
 
 
 def load_factory(path: str) -> Callable[..., Any]:
@@ -59,7 +64,7 @@ def load_factory(path: str) -> Callable[..., Any]:
 def build(factory: Callable[..., Any], args: Sequence[str]) -> Iterator[Runnable]:
     """Call the factory and yield the worker it makes, entering its context manager."""
     made = _call(factory, list(args))
-    if isinstance(made, (PgQueuer, QueueManager)):
+    if isinstance(made, _RUNNABLE):
         yield made
         return
     if inspect.iscoroutine(made) or hasattr(made, "__aenter__"):
@@ -67,18 +72,18 @@ def build(factory: Callable[..., Any], args: Sequence[str]) -> Iterator[Runnable
             made.close()
         raise ConfigurationError(
             "the factory is async; pgq-sync needs a plain function or a "
-            "@contextlib.contextmanager returning a PgQueuer or QueueManager"
+            f"@contextlib.contextmanager returning {_EXPECTED}"
         )
     if not hasattr(made, "__enter__"):
         raise ConfigurationError(
-            f"the factory returned {type(made).__name__}; return a PgQueuer or QueueManager, "
+            f"the factory returned {type(made).__name__}; return {_EXPECTED}, "
             "or a context manager that yields one"
         )
     with made as worker:
-        if not isinstance(worker, (PgQueuer, QueueManager)):
+        if not isinstance(worker, _RUNNABLE):
             raise ConfigurationError(
                 f"the factory's context manager yielded {type(worker).__name__}; "
-                "yield a PgQueuer or QueueManager"
+                f"yield {_EXPECTED}"
             )
         yield worker
 
@@ -138,15 +143,17 @@ def _run_once(
     factory: Callable[..., Any], args: Sequence[str], stop: threading.Event, options: Any
 ) -> None:
     with build(factory, args) as worker:
-        qm = worker.qm if isinstance(worker, PgQueuer) else worker
+        if isinstance(worker, SchedulerManager):
+            options = {k: v for k, v in options.items() if k in _SCHEDULER_OPTIONS}
         relay = threading.Thread(
-            target=_relay, args=(stop, qm.shutdown), name="pgqueue_sync-shutdown-relay", daemon=True
+            target=_relay, args=(stop, worker.shutdown), name="pgqueue_sync-shutdown-relay",
+            daemon=True,
         )
         relay.start()
         try:
             worker.run(**options)
         finally:
-            qm.shutdown.set()  # ends the relay thread
+            worker.shutdown.set()  # ends the relay thread
             relay.join(timeout=1.0)
 
 

@@ -1,0 +1,501 @@
+"""``SchedulerManager``: cron schedules run in this process, on PgQueuer's table protocol.
+
+Threads (all named ``pgqueue_sync-*``): the caller of :meth:`SchedulerManager.run`
+polls for due schedules; each claimed schedule runs in its own
+``-schedule-<id>`` thread (``async def`` ones on ``-scheduler-event-loop``);
+``-schedule-heartbeat`` refreshes the heartbeat of running schedules every
+second, so a schedule function can never starve it.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import inspect
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from croniter import croniter
+
+from . import options
+from .aio import EventLoopThread
+from .cancellation import ScheduleContext
+from .errors import ConfigurationError, DatabaseError, SchemaError
+from .models import Schedule, utc_now
+from .queries import Queries
+from .threads import JOIN_TIMEOUT, Ticker
+from .types import CronEntrypoint, CronExpression, ScheduleId
+
+logger = logging.getLogger(__name__)
+
+#: How often the heartbeat of running schedules is refreshed (seconds), as in PgQueuer.
+SCHEDULE_HEARTBEAT_INTERVAL = 1.0
+#: A ``picked`` schedule whose heartbeat is older than this is claimed again. Hard-coded
+#: in PgQueuer's claim statement, and so in ours; listed here for reference.
+SCHEDULE_STALE_AFTER = timedelta(seconds=30)
+#: Added to the time until the next due schedule before polling again, as in PgQueuer.
+POLL_LEEWAY = timedelta(seconds=1)
+#: Longest single wait of a waiting thread, so "stop now" and signals are seen (seconds).
+WAIT_SLICE = 0.25
+
+F = TypeVar("F", bound=Callable[..., Any])
+ScheduleFunction = Callable[..., Any]
+ScheduleKey = tuple[CronEntrypoint, CronExpression]
+
+
+def normalize_expression(expression: str) -> CronExpression:
+    """The text PgQueuer stores for ``expression``: ``@hourly`` -> ``0 * * * *``.
+
+    Rows are unique per ``(expression, entrypoint)``, so this exact text is
+    what lets a PgQueuer scheduler and this one share a row. Raises
+    :class:`ConfigurationError` for anything croniter rejects.
+    """
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise ConfigurationError(
+            f"invalid cron expression {expression!r}: use five fields (minute hour "
+            "day-of-month month day-of-week), six with seconds last ('* * * * * */10'), "
+            "or an alias such as '@hourly'"
+        )
+    return CronExpression(" ".join(croniter(expression).expressions))
+
+
+@dataclasses.dataclass
+class ScheduleExecutorFactoryParameters:
+    """What a schedule executor factory receives for one registration."""
+
+    entrypoint: CronEntrypoint
+    expression: CronExpression
+    func: ScheduleFunction
+    clean_old: bool
+    accepts_context: bool = False
+
+
+class AbstractScheduleExecutor(abc.ABC):
+    """Runs one schedule's function. Subclass it to change how the function is called.
+
+    ``execute`` may be a plain method (run in its own thread) or an ``async def``
+    (run on the scheduler's event-loop thread); override :attr:`is_async` if it
+    returns a coroutine without being a coroutine function.
+    """
+
+    def __init__(self, parameters: ScheduleExecutorFactoryParameters) -> None:
+        self.parameters = parameters
+
+    @property
+    def is_async(self) -> bool:
+        """True when ``execute`` returns a coroutine."""
+        return inspect.iscoroutinefunction(self.execute)
+
+    @abc.abstractmethod
+    def execute(self, schedule: Schedule, context: ScheduleContext) -> Any:
+        """Run the schedule once; an exception is logged and the schedule released."""
+
+    def get_next(self) -> datetime:
+        """The next fire time after now, in UTC (from this host's clock)."""
+        cron = croniter(self.parameters.expression, start_time=utc_now())
+        return datetime.fromtimestamp(cron.get_next(float), timezone.utc)
+
+    def next_in(self) -> timedelta:
+        """Time from now until :meth:`get_next`."""
+        return self.get_next() - utc_now()
+
+
+class ScheduleExecutor(AbstractScheduleExecutor):
+    """The default: call ``func(schedule)`` or ``func(schedule, context)``."""
+
+    def __init__(self, parameters: ScheduleExecutorFactoryParameters) -> None:
+        super().__init__(parameters)
+        self._func_is_async = _is_async_callable(parameters.func)
+
+    @property
+    def is_async(self) -> bool:
+        """True for ``async def`` functions."""
+        return self._func_is_async
+
+    def execute(self, schedule: Schedule, context: ScheduleContext) -> Any:
+        """Call the function; for async functions this returns its coroutine."""
+        if self.parameters.accepts_context:
+            return self.parameters.func(schedule, context)
+        return self.parameters.func(schedule)
+
+
+ScheduleExecutorFactory = Callable[[ScheduleExecutorFactoryParameters], AbstractScheduleExecutor]
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """One claimed schedule while it runs here; guarded by the manager's lock."""
+
+    schedule: Schedule
+    future: concurrent.futures.Future[Any] | None = None
+    releasing: bool = False  # finished; its own thread releases the row
+    abandoned: bool = False  # given up at shutdown; the manager released the row
+
+
+class SchedulerManager:
+    """Runs cron schedules; register functions with :meth:`schedule`, then :meth:`run`.
+
+    Several schedulers (these and PgQueuer's) may share a database: a due
+    schedule is claimed by exactly one of them. ``resources`` is shared by
+    reference with every :class:`ScheduleContext`; ``shutdown`` is a
+    :class:`threading.Event` that stops :meth:`run` when set from any thread.
+    """
+
+    def __init__(
+        self,
+        queries: Queries,
+        *,
+        resources: MutableMapping[str, Any] | None = None,
+        shutdown: threading.Event | None = None,
+    ) -> None:
+        self.queries = queries
+        self.resources: MutableMapping[str, Any] = {} if resources is None else resources
+        self.shutdown = shutdown or threading.Event()
+        self.registry: dict[ScheduleKey, AbstractScheduleExecutor] = {}
+        # Construct these in single-threaded __init__ so run()'s threads share them.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._running: dict[ScheduleId, _Run] = {}
+        self._stop_now = threading.Event()
+        self._loop: EventLoopThread | None = None
+
+    # -- registration ----------------------------------------------------------------------
+
+    def schedule(
+        self,
+        entrypoint: str,
+        expression: str,
+        *,
+        clean_old: bool = False,
+        accepts_context: bool | None = None,
+        executor_factory: ScheduleExecutorFactory | None = None,
+    ) -> Callable[[F], F]:
+        """Register a ``def`` or ``async def`` function to run on a cron ``expression``.
+
+        Example::
+
+            @sm.schedule("cleanup", "*/5 * * * *")
+            def cleanup(schedule: Schedule) -> None: ...
+
+        ``expression`` has five fields, six with seconds last, or is an alias
+        such as ``@daily``; times are UTC. ``clean_old=True`` deletes every
+        existing row of ``entrypoint`` when :meth:`run` starts (rows of old
+        expressions, and those other processes registered). A positional
+        parameter annotated ``ScheduleContext`` gets the context unless
+        ``accepts_context`` says otherwise. Raises :class:`ConfigurationError`
+        for an invalid expression or a pair registered twice.
+        """
+        if not isinstance(entrypoint, str) or not entrypoint:
+            raise ConfigurationError(
+                f"schedule entrypoint must be a non-empty string, got {entrypoint!r}"
+            )
+        key: ScheduleKey = (CronEntrypoint(entrypoint), normalize_expression(expression))
+        self._check_unique(key)
+        factory = executor_factory or ScheduleExecutor
+
+        def register(func: F) -> F:
+            self._check_unique(key)
+            wants = _wants_context(func) if accepts_context is None else accepts_context
+            parameters = ScheduleExecutorFactoryParameters(
+                entrypoint=key[0],
+                expression=key[1],
+                func=func,
+                clean_old=clean_old,
+                accepts_context=wants,
+            )
+            self.registry[key] = factory(parameters)
+            return func
+
+        return register
+
+    def _check_unique(self, key: ScheduleKey) -> None:
+        if key in self.registry:
+            raise ConfigurationError(
+                f"schedule {key[0]!r} with expression {key[1]!r} is already registered; "
+                "each (entrypoint, expression) pair must be unique"
+            )
+
+    @property
+    def active_heartbeat_ids(self) -> set[ScheduleId]:
+        """Ids of the schedules running here now (a snapshot)."""
+        with self._lock:
+            return set(self._running)  # abandoned runs have left it
+
+    # -- run -------------------------------------------------------------------------------
+
+    def run(self, *, shutdown_timeout: timedelta | float | None = None) -> None:
+        """Run due schedules until :attr:`shutdown` is set.
+
+        Blocks the calling thread. From the main thread it handles SIGINT and
+        SIGTERM: the first stops claiming and lets running schedules finish
+        within ``shutdown_timeout`` (``None``: wait for them); schedules still
+        running then, or at a second signal, are released at once (``async``
+        ones are cancelled; ``def`` ones cannot be, and are left behind).
+        Raises :class:`ConfigurationError` when nothing is registered and
+        :class:`SchemaError` when the schema is missing. Database errors while
+        polling are logged and retried with backoff.
+        """
+        timeout = None if shutdown_timeout is None else options.duration(
+            "shutdown_timeout", shutdown_timeout
+        )
+        if not self.registry:
+            raise ConfigurationError("no schedules registered; decorate a function first")
+        self.verify_structure()
+        self._stop_now.clear()
+        with signal_handlers(self._on_signal):
+            self._run(timeout)
+
+    def verify_structure(self) -> None:
+        """Raise :class:`SchemaError` unless the schema (schedules table included) exists."""
+        if hasattr(self.queries.driver, "add_listener"):
+            return  # the in-memory adapter has no catalog to check
+        from .schema import Schema
+
+        problems = Schema(self.queries.driver, self.queries.settings).verify("present")
+        if problems:
+            raise SchemaError(
+                "the queue schema is missing or outdated: " + "; ".join(problems)
+                + " (run 'pgq-sync install' or 'pgq-sync upgrade')"
+            )
+
+    def _run(self, timeout: timedelta | None) -> None:
+        self._register_rows()
+        with contextlib.ExitStack() as stack:
+            if any(executor.is_async for executor in self.registry.values()):
+                self._loop = EventLoopThread("pgqueue_sync-scheduler-event-loop").start()
+                stack.callback(self._close_loop)
+            heartbeat = Ticker(self._beat, SCHEDULE_HEARTBEAT_INTERVAL,
+                               name="pgqueue_sync-schedule-heartbeat", jitter=0.0).start()
+            stack.callback(heartbeat.stop)
+            # Pushed last, so it runs first: rows are released before the heartbeat
+            # stops and before the loop cancels what is left of async schedules.
+            stack.callback(self._abandon_running)
+            logger.info("scheduler started: %s",
+                        ", ".join(f"{ep!r} ({expr})" for ep, expr in sorted(self.registry)))
+            self._poll_loop()
+            self._wait_for_running(timeout)
+        logger.info("scheduler stopped")
+
+    def _register_rows(self) -> None:
+        clean = {key[0] for key, ex in self.registry.items() if ex.parameters.clean_old}
+        if clean:
+            self.queries.delete_schedule(entrypoints=sorted(clean))
+        self.queries.insert_schedule(self._next_runs())
+
+    def _next_runs(self) -> dict[tuple[CronEntrypoint | str, CronExpression | str], timedelta]:
+        """Each registered pair -> the delay its claim sets ``next_run`` to."""
+        return {key: executor.next_in() for key, executor in self.registry.items()}
+
+    def _poll_loop(self) -> None:
+        backoff = options.DATABASE_RETRY_INITIAL
+        while not self.shutdown.is_set():
+            try:
+                claimed = self.queries.fetch_schedule(self._next_runs())
+            except DatabaseError as exc:
+                # The scheduler outlives a database restart: back off, then poll again.
+                logger.warning("database error in the scheduler (%s); retrying in %.1fs",
+                               exc, backoff)
+                self.shutdown.wait(backoff)
+                backoff = min(backoff * 2, options.DATABASE_RETRY_MAX)
+                continue
+            backoff = options.DATABASE_RETRY_INITIAL
+            for schedule in claimed:
+                self._dispatch(schedule)
+            self.shutdown.wait(self._poll_wait())
+
+    def _poll_wait(self) -> float:
+        soonest = min(executor.next_in() for executor in self.registry.values())
+        return max((soonest + POLL_LEEWAY).total_seconds(), 0.0)
+
+    # -- running one schedule --------------------------------------------------------------
+
+    def _dispatch(self, schedule: Schedule) -> None:
+        executor = self.registry[(schedule.entrypoint, schedule.expression)]
+        with self._lock:
+            if schedule.id in self._running:
+                # Claimed again because its heartbeat went stale (e.g. the database
+                # was unreachable for 30 s): the run in progress releases it.
+                logger.warning("schedule %d (%r) is still running here; not starting it twice",
+                               schedule.id, schedule.entrypoint)
+                return
+            run = self._running[schedule.id] = _Run(schedule)
+        thread = threading.Thread(target=self._execute, args=(executor, run),
+                                  name=f"pgqueue_sync-schedule-{schedule.id}", daemon=True)
+        thread.start()
+
+    def _execute(self, executor: AbstractScheduleExecutor, run: _Run) -> None:
+        schedule = run.schedule
+        logger.debug("running schedule %d (%r, %s)",
+                     schedule.id, schedule.entrypoint, schedule.expression)
+        context = ScheduleContext(resources=self.resources)
+        try:
+            if executor.is_async:
+                self._await(executor.execute(schedule, context), run)
+            else:
+                _reject_coroutine(executor.execute(schedule, context), schedule)
+        except concurrent.futures.CancelledError:
+            logger.warning("schedule %d (%r) was cancelled at shutdown",
+                           schedule.id, schedule.entrypoint)
+        except Exception:  # the function's failure is logged; the schedule is released anyway
+            logger.exception("schedule %d (%r) failed", schedule.id, schedule.entrypoint)
+        else:
+            logger.debug("schedule %d (%r) done", schedule.id, schedule.entrypoint)
+        finally:
+            self._finish(run)
+
+    def _await(self, coro: Any, run: _Run) -> None:
+        assert self._loop is not None
+        future = self._loop.submit(coro)
+        with self._lock:
+            run.future = future
+            abandoned = run.abandoned
+        if abandoned:
+            future.cancel()
+        while True:
+            try:
+                future.result(timeout=WAIT_SLICE * 4)
+                return
+            except concurrent.futures.TimeoutError:
+                continue
+
+    def _finish(self, run: _Run) -> None:
+        with self._lock:
+            if run.abandoned:
+                logger.warning("schedule %d (%r) finished after it was released at shutdown",
+                               run.schedule.id, run.schedule.entrypoint)
+                return
+            run.releasing = True
+        try:
+            self._release([run.schedule.id])
+        finally:
+            with self._idle:
+                self._running.pop(run.schedule.id, None)
+                self._idle.notify_all()
+
+    def _release(self, ids: list[ScheduleId]) -> None:
+        try:
+            self.queries.set_schedule_queued(ids)
+        except DatabaseError as exc:
+            logger.error("could not release schedules %s (%s); they are claimed again once "
+                         "their heartbeat is %ds old", ids, exc,
+                         SCHEDULE_STALE_AFTER.total_seconds())
+
+    def _beat(self) -> None:
+        ids = self.active_heartbeat_ids
+        if not ids:
+            return
+        try:
+            self.queries.update_schedule_heartbeat(ids)
+        except DatabaseError as exc:
+            logger.warning("could not refresh the heartbeat of schedules %s (%s)",
+                           sorted(ids), exc)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        if self.shutdown.is_set():
+            logger.warning("second signal: releasing running schedules now")
+            self._stop_now.set()
+            return
+        logger.info("received %s: finishing running schedules", signal.Signals(signum).name)
+        self.shutdown.set()
+
+    def _wait_for_running(self, timeout: timedelta | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
+        with self._idle:
+            while self._running and not self._stop_now.is_set():
+                left = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._idle.wait(min(left, WAIT_SLICE))
+
+    def _abandon_running(self) -> None:
+        with self._lock:
+            runs = [run for run in self._running.values() if not run.releasing]
+            for run in runs:
+                run.abandoned = True
+                del self._running[run.schedule.id]
+            releasing = any(run.releasing for run in self._running.values())
+        for run in runs:
+            if run.future is not None:
+                run.future.cancel()
+        if runs:
+            ids = [run.schedule.id for run in runs]
+            logger.warning("releasing %d schedules still running at shutdown: %s",
+                           len(ids), ids)
+            self._release(ids)
+        if releasing:
+            self._wait_for_releases()
+
+    def _wait_for_releases(self) -> None:
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        with self._idle:
+            while self._running and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(min(left, WAIT_SLICE))
+
+    def _close_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+
+@contextlib.contextmanager
+def signal_handlers(callback: Callable[[int], None]) -> Iterator[None]:
+    """Route SIGINT/SIGTERM to ``callback(signum)`` while active; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: Mapping[int, Any] = {
+        signum: signal.signal(signum, lambda s, _frame: callback(s))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _wants_context(func: Callable[..., Any]) -> bool:
+    """True when a positional parameter is annotated exactly as ``ScheduleContext``."""
+    try:
+        parameters = inspect.signature(func, eval_str=True).parameters
+    except (NameError, TypeError, ValueError):
+        try:
+            parameters = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(
+        p.kind in positional
+        and (p.annotation is ScheduleContext or p.annotation == "ScheduleContext")
+        for p in parameters.values()
+    )
+
+
+def _is_async_callable(func: object) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    # An instance whose class defines ``async def __call__``.
+    call = inspect.getattr_static(type(func), "__call__", None)
+    return inspect.iscoroutinefunction(call)
+
+
+def _reject_coroutine(result: object, schedule: Schedule) -> None:
+    if inspect.iscoroutine(result):
+        result.close()
+        raise ConfigurationError(
+            f"schedule {schedule.entrypoint!r} returned a coroutine from a sync executor; "
+            "declare the function 'async def' or set is_async on the executor"
+        )

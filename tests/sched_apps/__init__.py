@@ -1,0 +1,1 @@
+"""Scheduler applications run as child processes by ``tests/test_scheduler.py``."""

@@ -713,6 +713,7 @@ class QueueManager:
 
     def _on_signal(self, signum: int) -> None:
         if self.shutdown.is_set():
+            self.shutdown_requested_twice = True
             raise _ShutdownNow()
         logger.info("received %s: finishing running jobs", signal.Signals(signum).name)
         self.shutdown.set()

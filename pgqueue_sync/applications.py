@@ -15,6 +15,7 @@ from .qm import ExecutorFactory, QueueManager
 from .queries import Queries
 from .scheduler import ScheduleExecutorFactory, SchedulerManager, signal_handlers
 from .settings import DBSettings
+from .tracing import TracingProtocol
 from .types import Channel, OnFailure, QueueExecutionMode
 
 logger = logging.getLogger(__name__)
@@ -52,13 +53,14 @@ class PgQueuer:
         queries: Queries | None = None,
         *,
         settings: DBSettings | None = None,
+        tracer: TracingProtocol | None = None,
     ) -> None:
         self.connection = connection
-        self.queries = queries or Queries(connection, settings=settings)
+        self.queries = queries or Queries(connection, settings=settings, tracer=tracer)
         self.resources: MutableMapping[str, Any] = {} if resources is None else resources
         self.shutdown = threading.Event()
         self.qm = QueueManager(
-            self.queries, channel, resources=self.resources, shutdown=self.shutdown
+            self.queries, channel, resources=self.resources, shutdown=self.shutdown, tracer=tracer
         )
         self.sm = SchedulerManager(self.queries, resources=self.resources, shutdown=self.shutdown)
         self.channel = self.qm.channel

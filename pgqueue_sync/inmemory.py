@@ -78,8 +78,10 @@ from .queries import (
     _outcome_params,
     _schedule_params,
     _stale_after_of,
+    _trace_publish,
 )
 from .settings import DBSettings, db_settings
+from .tracing import TracingProtocol
 from .types import (
     JOB_STATUS,
     CronEntrypoint,
@@ -332,10 +334,15 @@ class InMemoryQueries:
     """
 
     def __init__(
-        self, driver: InMemoryDriver | None = None, *, settings: DBSettings | None = None
+        self,
+        driver: InMemoryDriver | None = None,
+        *,
+        settings: DBSettings | None = None,
+        tracer: TracingProtocol | None = None,
     ) -> None:
         self.driver = driver if driver is not None else InMemoryDriver()
         self.settings = settings or db_settings()
+        self.tracer = tracer
 
     def _statement(self) -> contextlib.AbstractContextManager[_Statement]:
         return self.driver.statement(self.settings)
@@ -385,6 +392,7 @@ class InMemoryQueries:
         leave gaps exactly as the database sequence does.
         """
         rows = _normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
+        _trace_publish(self.tracer, rows)
         _check_conflict_mode(on_conflict, rows["dedupe_key"])
         with self._statement() as s:
             ids = [s.next_id("queue") for _ in rows["entrypoint"]]

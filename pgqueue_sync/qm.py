@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import timedelta
 from types import FrameType
 from typing import Any, TypeVar
@@ -54,6 +54,7 @@ from .models import (
 from .queries import EntrypointExecutionParameter, Queries
 from .ratelimit import TokenBucket
 from .threads import JOIN_TIMEOUT, HandlerPool, Ticker
+from .tracing import TracingProtocol, get_tracer, is_active, process_span
 from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, QueueManagerId
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,11 @@ class QueueManager:
         *,
         resources: MutableMapping[str, Any] | None = None,
         shutdown: threading.Event | None = None,
+        tracer: TracingProtocol | None = None,
     ) -> None:
         self.queries = queries
+        # None: the process-wide tracer (pgqueue_sync.tracing), else the queries' own.
+        self.tracer = tracer if tracer is not None else getattr(queries, "tracer", None)
         self.channel = Channel(channel or queries.settings.channel)
         self.resources: MutableMapping[str, Any] = {} if resources is None else resources
         self.shutdown = shutdown or threading.Event()
@@ -565,16 +569,27 @@ class QueueManager:
         if not context.cancellation.cancelled:
             started = time.monotonic()
             try:
-                reg.executor.execute(job, context)
+                self._execute(job, context, reg)
             except Exception as exc:  # the handler's failure is the job's outcome
                 error = exc
             seconds = time.monotonic() - started
         self._finish(job, context, reg, error, cancelled=False, seconds=seconds)
 
+    def _execute(self, job: Job, context: Context, reg: _Registration) -> Any:
+        """Call the executor (for async handlers: make its coroutine) inside the
+        tracer's process span, if a tracer is installed."""
+        tracer = get_tracer(self.tracer)
+        if not is_active(tracer):
+            return reg.executor.execute(job, context)
+        if reg.executor.is_async:
+            return _traced(tracer, job, reg.executor.execute(job, context))
+        with process_span(tracer, job):
+            return reg.executor.execute(job, context)
+
     def _start_async(self, job: Job, context: Context, reg: _Registration) -> None:
         assert self._loop is not None
         started = time.monotonic()
-        future = self._loop.submit(reg.executor.execute(job, context))
+        future = self._loop.submit(self._execute(job, context, reg))
         context.cancellation.add_callback(future.cancel)
         future.add_done_callback(
             lambda f: self._finish_async(job, context, reg, f, time.monotonic() - started)
@@ -750,6 +765,12 @@ class QueueManager:
             return
         logger.warning("handed %d unfinished jobs back to the queue: %s",
                        len(released), sorted(released))
+
+
+async def _traced(tracer: TracingProtocol, job: Job, coroutine: Awaitable[Any]) -> Any:
+    # Entered inside the event loop's task, so the span is current for the handler.
+    with process_span(tracer, job):
+        return await coroutine
 
 
 def _in_process(driver: object) -> bool:

@@ -35,6 +35,7 @@ from .models import (
 from .settings import DBSettings, db_settings
 from .sql.arrays import int_array, text_array
 from .sql.statements import Statements
+from .tracing import TracingProtocol, get_tracer, is_active, merge_publish_headers
 from .types import (
     JOB_STATUS,
     JOB_STATUSES,
@@ -86,13 +87,21 @@ class Queries:
         queries = Queries(SyncPsycopgDriver(conn))
         [job_id] = queries.enqueue("send_email", b'{"to": "a@example.com"}')
 
-    ``settings`` defaults to the process-wide names read from ``PGQUEUER_*``.
+    ``settings`` defaults to the process-wide names read from ``PGQUEUER_*``;
+    ``tracer`` to the process-wide tracer (:mod:`pgqueue_sync.tracing`).
     """
 
-    def __init__(self, driver: Driver, *, settings: DBSettings | None = None) -> None:
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        settings: DBSettings | None = None,
+        tracer: TracingProtocol | None = None,
+    ) -> None:
         self.driver = driver
         self.settings = settings or db_settings()
         self.statements = Statements(self.settings)
+        self.tracer = tracer
 
     @classmethod
     def from_connection(cls, connection: Any, *, settings: DBSettings | None = None) -> Queries:
@@ -164,6 +173,7 @@ class Queries:
         """
         rows = _normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
         _check_conflict_mode(on_conflict, rows["dedupe_key"])
+        _trace_publish(self.tracer, rows)
         params = {**_enqueue_params(rows), "sequence": self.statements.sequence_name}
         try:
             result = self.driver.fetch(self.statements.enqueue(on_conflict), params)
@@ -638,6 +648,15 @@ def _headers(value: object) -> Jsonb:
     if isinstance(value, Mapping):
         return Jsonb(dict(value))
     raise ConfigurationError(f"headers must be a mapping or None, got {type(value).__name__}")
+
+
+def _trace_publish(tracer: TracingProtocol | None, rows: dict[str, list[Any]]) -> None:
+    """Merge the tracer's headers into a normalised batch, in place."""
+    active = get_tracer(tracer)
+    if is_active(active):
+        own = [h.obj for h in rows["headers"]]
+        merged = merge_publish_headers(active, rows["entrypoint"], own)
+        rows["headers"] = [_headers(h) for h in merged]
 
 
 def _check_conflict_mode(mode: str, keys: list[str | None]) -> None:

@@ -195,6 +195,10 @@ class Heartbeats:
         self._last: dict[int, float] = {}
         self._ticker = Ticker(self.flush, tick, name=name)
 
+    def is_alive(self) -> bool:
+        """True while the heartbeat thread runs."""
+        return self._ticker.is_alive()
+
     def start(self) -> None:
         """Start the heartbeat thread."""
         self._ticker.start()

@@ -378,15 +378,17 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
 @click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")
 @click.option("--restart-delay", type=float, default=5.0, show_default=True,
               help="Seconds before a restart.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics and /healthz on this port (needs the 'metrics' extra).")
 @click.option("--log-level", "run_log_level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default=None, help="Logging level of the worker.  [default: INFO]")
 def run(factory: str, args: Sequence[str], restart_on_failure: bool, restart_delay: float,
         run_log_level: str | None, **options: Any) -> None:
     """Run the worker that FACTORY (module:function) builds; ARGS after -- go to the factory.
 
-    The factory returns a PgQueuer or QueueManager, or a context manager
-    yielding one. --dsn/--prefix/--schema are exported as PGQUEUE_SYNC_DSN,
-    PGQUEUER_PREFIX and PGQUEUER_SCHEMA for the factory to read.
+    The factory returns a PgQueuer, QueueManager or SchedulerManager, or a
+    context manager yielding one. --dsn/--prefix/--schema are exported as
+    PGQUEUE_SYNC_DSN, PGQUEUER_PREFIX and PGQUEUER_SCHEMA for the factory to read.
     """
     if run_log_level:
         logging.getLogger().setLevel(run_log_level.upper())
@@ -435,3 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     with _no_traceback_on_interrupt():
         cli.main(args=list(argv) if argv is not None else None, prog_name="pgq-sync")
+
+
+# Importing these registers their commands on `cli`.
+from . import cli_metrics, cli_ops  # noqa: E402,F401

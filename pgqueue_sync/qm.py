@@ -709,6 +709,15 @@ class QueueManager:
         finally:
             self._pending_probes.pop(probe_id, None)
 
+    def healthy(self, timeout: timedelta | float = options.HEALTH_CHECK_TIMEOUT) -> bool:
+        """For liveness probes: :meth:`run` is running, its heartbeat thread is
+        alive and its listener echoes a probe within ``timeout``. Blocks up to
+        ``timeout``; thread-safe."""
+        beats = self._heartbeats
+        if beats is None or not beats.is_alive() or self.shutdown.is_set():
+            return False
+        return self.listener_healthy(timeout)
+
     def _probe_listener(self, opts: options.RunOptions) -> None:
         if self.listener_healthy(options.HEALTH_CHECK_TIMEOUT):
             return

@@ -110,9 +110,13 @@ def run(
     restart_on_failure: bool = False,
     restart_delay: timedelta | float = RESTART_DELAY,
     shutdown: threading.Event | None = None,
+    metrics_port: int | None = None,
     **run_options: Any,
 ) -> None:
     """Build the worker and run it until shutdown; ``run_options`` go to ``run()``.
+
+    ``metrics_port`` serves ``/metrics`` and ``/healthz`` while it runs (needs
+    the ``metrics`` extra; see :mod:`pgqueue_sync.metrics`).
 
     With ``restart_on_failure`` a failed cycle is rebuilt from the factory and
     restarted after ``restart_delay``; a requested shutdown never restarts.
@@ -124,7 +128,7 @@ def run(
     with _stop_on_signals(stop):
         while not stop.is_set():
             try:
-                _run_once(fn, args, stop, run_options)
+                _run_once(fn, args, stop, run_options, metrics_port)
                 return
             except ConfigurationError:
                 raise
@@ -140,9 +144,13 @@ def run(
 
 
 def _run_once(
-    factory: Callable[..., Any], args: Sequence[str], stop: threading.Event, options: Any
+    factory: Callable[..., Any],
+    args: Sequence[str],
+    stop: threading.Event,
+    options: Any,
+    metrics_port: int | None = None,
 ) -> None:
-    with build(factory, args) as worker:
+    with build(factory, args) as worker, _serve_metrics(worker, metrics_port):
         if isinstance(worker, SchedulerManager):
             options = {k: v for k, v in options.items() if k in _SCHEDULER_OPTIONS}
         relay = threading.Thread(
@@ -155,6 +163,27 @@ def _run_once(
         finally:
             worker.shutdown.set()  # ends the relay thread
             relay.join(timeout=1.0)
+
+
+@contextlib.contextmanager
+def _serve_metrics(worker: Runnable, port: int | None) -> Iterator[None]:
+    if port is None:
+        yield
+        return
+    from .metrics import HEALTH_TIMEOUT, MetricsServer
+
+    qm = worker.qm if isinstance(worker, PgQueuer) else worker
+    if isinstance(qm, QueueManager) and qm.entrypoint_registry:
+        def health() -> bool:
+            return qm.healthy(HEALTH_TIMEOUT)
+    else:  # a scheduler alone: alive while it has not been asked to stop
+        def health() -> bool:
+            return not worker.shutdown.is_set()
+    server = MetricsServer(worker.queries, port=port, health=health).start()
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 def _relay(source: threading.Event, target: threading.Event) -> None:

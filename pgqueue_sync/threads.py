@@ -96,6 +96,10 @@ class Ticker:
         self._thread.start()
         return self
 
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
     def wake(self) -> None:
         """Run the next tick now instead of at the end of the interval."""
         self._wake.set()

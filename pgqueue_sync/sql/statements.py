@@ -36,8 +36,8 @@ ORDER BY i.ord
 }
 
 
-class Statements:
-    """Composed statements for one set of object names; immutable and thread-safe."""
+class StatementSet:
+    """Statements rendered for one set of object names; immutable and thread-safe."""
 
     def __init__(self, settings: DBSettings) -> None:
         self.settings = settings
@@ -53,6 +53,10 @@ class Statements:
         # Rendered once: psycopg would otherwise re-render a Composed on every execute.
         composed = sql.SQL(template).format(**self._names, **extra)
         return sql.SQL(composed.as_string())
+
+
+class Statements(StatementSet):
+    """The queue's own statements (claim, enqueue, outcomes, schedules, ...)."""
 
     @property
     def sequence_name(self) -> str:

@@ -7,9 +7,11 @@ import logging
 from ._version import __version__
 from .applications import PgQueuer
 from .cancellation import CancellationToken, Context, JobCancelled, ScheduleContext
+from .completion import CompletionWatcher
 from .drivers import SyncPsycopgDriver, SyncPsycopgPoolDriver
 from .errors import (
     AlreadyInstalledError,
+    CompletionTimeout,
     ConfigurationError,
     ConnectionFailed,
     DatabaseError,
@@ -40,6 +42,7 @@ from .models import (
 )
 from .qm import QueueManager
 from .queries import EntrypointExecutionParameter, Queries
+from .results import JobResult, Results
 from .scheduler import (
     AbstractScheduleExecutor,
     ScheduleExecutor,
@@ -56,6 +59,8 @@ __all__ = [
     "AbstractEntrypointExecutor",
     "AbstractScheduleExecutor",
     "CancellationToken",
+    "CompletionTimeout",
+    "CompletionWatcher",
     "Context",
     "DatabaseRetryEntrypointExecutor",
     "EntrypointExecutor",
@@ -80,6 +85,7 @@ __all__ = [
     "HealthCheckEvent",
     "Job",
     "JobId",
+    "JobResult",
     "Log",
     "LogStatistics",
     "PgqException",
@@ -87,6 +93,7 @@ __all__ = [
     "QueueExecutionMode",
     "QueueStatistics",
     "RetryException",
+    "Results",
     "RetryRequested",
     "Schedule",
     "SchemaError",

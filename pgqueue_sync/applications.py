@@ -42,7 +42,9 @@ class PgQueuer:
     ``resources`` is the very mapping every job's ``Context.resources`` and
     every schedule's ``ScheduleContext.resources`` get. ``pgq.shutdown`` is a
     :class:`threading.Event` shared by the worker (``pgq.qm``) and the
-    scheduler (``pgq.sm``); set it to stop ``run()``.
+    scheduler (``pgq.sm``); set it to stop ``run()``. ``store_results=True``
+    keeps handlers' return values in the opt-in results table (see
+    :mod:`pgqueue_sync.results`).
     """
 
     def __init__(
@@ -54,13 +56,15 @@ class PgQueuer:
         *,
         settings: DBSettings | None = None,
         tracer: TracingProtocol | None = None,
+        store_results: bool = False,
     ) -> None:
         self.connection = connection
         self.queries = queries or Queries(connection, settings=settings, tracer=tracer)
         self.resources: MutableMapping[str, Any] = {} if resources is None else resources
         self.shutdown = threading.Event()
         self.qm = QueueManager(
-            self.queries, channel, resources=self.resources, shutdown=self.shutdown, tracer=tracer
+            self.queries, channel, resources=self.resources, shutdown=self.shutdown, tracer=tracer,
+            store_results=store_results,
         )
         self.sm = SchedulerManager(self.queries, resources=self.resources, shutdown=self.shutdown)
         self.channel = self.qm.channel
@@ -104,6 +108,7 @@ class PgQueuer:
         serialized_dispatch: bool = False,
         requests_per_second: float = float("inf"),
         retry_timer: timedelta | float | None = None,
+        store_result: bool | None = None,
     ) -> Callable[[F], F]:
         """Register a handler; see :meth:`QueueManager.entrypoint`."""
         return self.qm.entrypoint(
@@ -115,6 +120,7 @@ class PgQueuer:
             serialized_dispatch=serialized_dispatch,
             requests_per_second=requests_per_second,
             retry_timer=retry_timer,
+            store_result=store_result,
         )
 
     def register_executor(self, name: str, executor: AbstractEntrypointExecutor) -> None:

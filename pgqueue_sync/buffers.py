@@ -11,12 +11,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import PgqException
 from .models import Job, TracebackRecord
+from .results import StoredResult
 from .threads import Ticker
 from .types import JOB_STATUS, JobId
 
@@ -31,7 +32,10 @@ SHUTDOWN_RETRY_DELAY = 0.2
 
 class _Writer(Protocol):
     def log_jobs(
-        self, job_status: list[tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]]
+        self,
+        job_status: list[tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]],
+        *,
+        results: Sequence[StoredResult] = ...,
     ) -> list[JobId]: ...
 
     def retry_job(
@@ -43,15 +47,24 @@ class _Writer(Protocol):
 
 @dataclasses.dataclass
 class Retry:
-    """A retry to write now; ``fallback`` is the outcome if the write fails."""
+    """A retry to write now; ``fallback`` is the outcome if the write fails
+    (with a result row when ``store_result``)."""
 
     job: Job
     delay: timedelta
     record: TracebackRecord
     fallback: JOB_STATUS
+    store_result: bool = False
 
 
 Outcome = tuple[Job, JOB_STATUS, TracebackRecord | None]
+
+
+class Batch(NamedTuple):
+    """Outcomes taken from the buffer, and the results of those jobs that store one."""
+
+    outcomes: list[Outcome]
+    results: list[StoredResult]
 
 
 class CompletionBuffer:
@@ -75,6 +88,9 @@ class CompletionBuffer:
         self._on_written = on_written
         self._lock = threading.Lock()
         self._outcomes: list[Outcome] = []
+        # Results travel beside their outcomes and are written in the same
+        # statement; empty unless some entrypoint stores results.
+        self._results: list[StoredResult] = []
         self._retries: list[Retry] = []
         self._writing = 0
         # Serialises flushes from the ticker and from stop() on another thread.
@@ -85,10 +101,18 @@ class CompletionBuffer:
         """Start the flush thread."""
         self._ticker.start()
 
-    def add(self, job: Job, status: JOB_STATUS, record: TracebackRecord | None) -> None:
-        """Queue an outcome for the next batched write."""
+    def add(
+        self,
+        job: Job,
+        status: JOB_STATUS,
+        record: TracebackRecord | None,
+        result: StoredResult | None = None,
+    ) -> None:
+        """Queue an outcome (and the job's result, if it stores one) for the next write."""
         with self._lock:
             self._outcomes.append((job, status, record))
+            if result is not None:
+                self._results.append(result)
             full = len(self._outcomes) >= self._max_size
         if full:
             self._ticker.wake()
@@ -99,24 +123,26 @@ class CompletionBuffer:
             self._retries.append(retry)
         self._ticker.wake()
 
-    def take(self) -> list[Outcome]:
-        """Remove and return the queued outcomes, for a caller that writes them itself
-        (the dispatcher piggybacks them on its next claim). Pair with
-        :meth:`restore` on failure and :meth:`written` on success."""
+    def take(self) -> Batch:
+        """Remove and return the queued outcomes (and results), for a caller that
+        writes them itself (the dispatcher piggybacks them on its next claim).
+        Pair with :meth:`restore` on failure and :meth:`written` on success."""
         with self._lock:
             outcomes, self._outcomes = self._outcomes, []
-            return outcomes
+            results, self._results = self._results, []
+            return Batch(outcomes, results)
 
-    def restore(self, outcomes: list[Outcome]) -> None:
-        """Put back outcomes that :meth:`take` returned but could not be written."""
-        if outcomes:
+    def restore(self, batch: Batch) -> None:
+        """Put back a batch that :meth:`take` returned but could not be written."""
+        if batch.outcomes:
             with self._lock:
-                self._outcomes[:0] = outcomes
+                self._outcomes[:0] = batch.outcomes
+                self._results[:0] = batch.results
 
-    def written(self, outcomes: list[Outcome]) -> None:
-        """Report outcomes from :meth:`take` as written."""
-        if outcomes:
-            self._on_written([job for job, _, _ in outcomes])
+    def written(self, batch: Batch) -> None:
+        """Report a batch from :meth:`take` as written."""
+        if batch.outcomes:
+            self._on_written([job for job, _, _ in batch.outcomes])
 
     def pending(self) -> int:
         """Outcomes and retries not yet written, counting those being written now."""
@@ -129,24 +155,27 @@ class CompletionBuffer:
             with self._lock:
                 retries, self._retries = self._retries, []
                 outcomes, self._outcomes = self._outcomes, []
+                results, self._results = self._results, []
                 self._writing = len(retries) + len(outcomes)
             try:
                 for retry in retries:
                     self._write_retry(retry)
                 if outcomes:
-                    self._write_outcomes(outcomes)
+                    self._write_outcomes(Batch(outcomes, results))
             finally:
                 with self._lock:
                     self._writing = 0
 
-    def _write_outcomes(self, outcomes: list[Outcome]) -> None:
+    def _write_outcomes(self, batch: Batch) -> None:
         try:
-            self._writer.log_jobs(list(outcomes))
+            if batch.results:
+                self._writer.log_jobs(list(batch.outcomes), results=batch.results)
+            else:
+                self._writer.log_jobs(list(batch.outcomes))
         except PgqException:
-            with self._lock:
-                self._outcomes[:0] = outcomes
+            self.restore(batch)
             raise
-        self._on_written([job for job, _, _ in outcomes])
+        self._on_written([job for job, _, _ in batch.outcomes])
 
     def _write_retry(self, retry: Retry) -> None:
         try:
@@ -154,7 +183,8 @@ class CompletionBuffer:
         except PgqException:
             # As in PgQueuer: a retry that cannot be written is a failure.
             logger.warning("retry of job %d could not be written; recording failure", retry.job.id)
-            self.add(retry.job, retry.fallback, retry.record)
+            stored = StoredResult(retry.job) if retry.store_result else None
+            self.add(retry.job, retry.fallback, retry.record, stored)
             return
         self._on_written([retry.job])
 

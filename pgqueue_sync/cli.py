@@ -175,15 +175,24 @@ def _configure_logging(level: str) -> None:
 )
 @click.option("--create-schema/--no-create-schema", default=True, help="CREATE SCHEMA if needed.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL instead of running it.")
-def install(durability: str | None, create_schema: bool, dry_run: bool) -> None:
+@click.option("--results", "with_results", is_flag=True,
+              help="Also create the opt-in results table (see 'pgq-sync results').")
+def install(durability: str | None, create_schema: bool, dry_run: bool, with_results: bool) -> None:
     """Create the queue tables, enum, function and trigger (as `pgq install`)."""
+    from .results import install_script as results_script
+
     state = _state()
     level = Durability(durability) if durability else None
     if dry_run:
         click.echo(install_script(state.settings, durability=level, create_schema=create_schema))
+        if with_results:
+            click.echo(results_script(state.settings))
         return
     state.schema_manager.install(durability=level, create_schema=create_schema)
     click.echo(f"installed the queue schema in {state.resolved.describe()}")
+    if with_results:
+        state.schema_manager.install_results()
+        click.echo(f"installed the results table {state.settings.results_table!r}")
 
 
 @cli.command()
@@ -440,4 +449,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # Importing these registers their commands on `cli`.
-from . import cli_metrics, cli_ops  # noqa: E402,F401
+from . import cli_metrics, cli_ops, cli_results  # noqa: E402,F401

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 
 class PgqException(Exception):
@@ -93,3 +94,32 @@ class RetryRequested(RetryException):
 
 class FailingListenerError(PgqException):
     """The worker's LISTEN connection did not receive its own health-check probe in time."""
+
+
+class CompletionTimeout(PgqException, TimeoutError):
+    """Jobs did not reach a final status within the timeout.
+
+    ``pending`` lists the job ids still unfinished (in the order asked for),
+    ``done`` maps the ids that did finish to their status, and ``timeout`` is
+    the limit in seconds. Catch it as ``TimeoutError`` or :class:`PgqException`.
+    """
+
+    #: At most this many ids are spelled out in the message.
+    SHOWN = 20
+
+    def __init__(
+        self,
+        pending: Sequence[int],
+        timeout: float | None,
+        *,
+        done: Mapping[Any, str] | None = None,
+    ) -> None:
+        ids = list(pending)
+        shown = ", ".join(str(i) for i in ids[: self.SHOWN])
+        if len(ids) > self.SHOWN:
+            shown += f", ... ({len(ids) - self.SHOWN} more)"
+        limit = "the timeout" if timeout is None else f"{timeout:g}s"
+        super().__init__(f"{len(ids)} job(s) still pending after {limit}: {shown}")
+        self.pending = ids
+        self.done = dict(done or {})
+        self.timeout = timeout

@@ -49,7 +49,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from .errors import ConfigurationError, DatabaseError, DuplicateJobError, UniqueViolation
 from .models import (
@@ -93,6 +93,9 @@ from .types import (
     QueueManagerId,
     ScheduleId,
 )
+
+if TYPE_CHECKING:
+    from .results import StoredResult
 
 logger = logging.getLogger(__name__)
 
@@ -437,6 +440,7 @@ class InMemoryQueries:
         heartbeat_timeout: timedelta,
         *,
         completed: Sequence[JobOutcome] = (),
+        results: Sequence[StoredResult] = (),
     ) -> list[Job]:
         """Claim up to ``batch_size`` jobs; see :meth:`Queries.dequeue`.
 
@@ -446,6 +450,7 @@ class InMemoryQueries:
         """
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        _no_results(results)
         if not entrypoints:
             self.log_jobs(completed)
             return []
@@ -470,8 +475,14 @@ class InMemoryQueries:
 
     # -- completion ------------------------------------------------------------------------
 
-    def log_jobs(self, job_status: Iterable[JobOutcome]) -> list[JobId]:
-        """Delete (or hold ``failed``) and log; jobs already gone are skipped unlogged."""
+    def log_jobs(
+        self, job_status: Iterable[JobOutcome], *, results: Sequence[StoredResult] = ()
+    ) -> list[JobId]:
+        """Delete (or hold ``failed``) and log; jobs already gone are skipped unlogged.
+
+        Storing ``results`` is not supported here (ConfigurationError).
+        """
+        _no_results(results)
         params = _outcome_params(job_status)
         if not params:
             return []
@@ -884,6 +895,13 @@ def _apply_claim(s: _Statement, claim: _Claim, me: QueueManagerId | uuid.UUID) -
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _no_results(results: Sequence[StoredResult]) -> None:
+    if results:
+        raise ConfigurationError(
+            "the in-memory adapter cannot store job results; use PostgreSQL for store_results"
+        )
 
 
 def _finish(s: _Statement, params: Mapping[str, list[Any]]) -> list[JobId]:

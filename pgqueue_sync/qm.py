@@ -53,6 +53,7 @@ from .models import (
 )
 from .queries import EntrypointExecutionParameter, Queries
 from .ratelimit import TokenBucket
+from .results import StoredResult, encode_result, missing_table_problem
 from .threads import JOIN_TIMEOUT, HandlerPool, Ticker
 from .tracing import TracingProtocol, get_tracer, is_active, process_span
 from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, QueueManagerId
@@ -73,6 +74,7 @@ class _Registration:
     on_failure: OnFailure
     claim: EntrypointExecutionParameter
     bucket: TokenBucket | None
+    store_result: bool | None = None  # None: the worker's store_results
 
 
 class _ShutdownNow(BaseException):
@@ -88,7 +90,9 @@ class QueueManager:
 
     ``resources`` is shared by reference with every job's :class:`Context`.
     ``shutdown`` is a :class:`threading.Event`: set it from any thread (or a
-    handler) to stop :meth:`run` gracefully.
+    handler) to stop :meth:`run` gracefully. ``store_results=True`` stores
+    every handler's return value in the opt-in results table (entrypoints can
+    override it with ``store_result``; see :mod:`pgqueue_sync.results`).
     """
 
     def __init__(
@@ -99,8 +103,10 @@ class QueueManager:
         resources: MutableMapping[str, Any] | None = None,
         shutdown: threading.Event | None = None,
         tracer: TracingProtocol | None = None,
+        store_results: bool = False,
     ) -> None:
         self.queries = queries
+        self.store_results = store_results
         # None: the process-wide tracer (pgqueue_sync.tracing), else the queries' own.
         self.tracer = tracer if tracer is not None else getattr(queries, "tracer", None)
         self.channel = Channel(channel or queries.settings.channel)
@@ -144,6 +150,7 @@ class QueueManager:
         serialized_dispatch: bool = False,
         requests_per_second: float = float("inf"),
         retry_timer: timedelta | float | None = None,
+        store_result: bool | None = None,
     ) -> Callable[[F], F]:
         """Register a ``def`` or ``async def`` handler for jobs of ``name``.
 
@@ -156,7 +163,10 @@ class QueueManager:
         register the same limit); ``serialized_dispatch=True`` means a limit of 1.
         ``requests_per_second`` is a token bucket in *this* worker.
         ``retry_timer`` is this entrypoint's stale-job timeout (default: the
-        worker's ``heartbeat_timeout``). Raises :class:`ConfigurationError`.
+        worker's ``heartbeat_timeout``). ``store_result`` stores the handler's
+        JSON-serialisable return value (and failures) in the results table;
+        ``None`` follows the worker's ``store_results``. Raises
+        :class:`ConfigurationError`.
         """
 
         def register(func: F) -> F:
@@ -171,6 +181,7 @@ class QueueManager:
             executor = (executor_factory or EntrypointExecutor)(parameters)
             stale = options.optional_duration("retry_timer", retry_timer)
             self._register(name, executor, limit, requests_per_second, stale)
+            self.entrypoint_registry[name].store_result = store_result
             return func
 
         return register
@@ -249,8 +260,13 @@ class QueueManager:
 
     def verify_structure(self) -> None:
         """Raise :class:`SchemaError` unless the tables, columns and indexes a 1.6 worker
-        needs exist."""
+        needs exist, and the results table when some entrypoint stores results."""
+        stores = any(self._stores(reg) for reg in self.entrypoint_registry.values())
         if _in_process(self.queries.driver):
+            if stores:
+                raise ConfigurationError(
+                    "the in-memory adapter cannot store job results; drop store_results"
+                )
             return  # the in-memory adapter has no catalog to check
         from .schema import Schema
 
@@ -260,6 +276,13 @@ class QueueManager:
                 "the queue schema is missing or outdated: " + "; ".join(problems)
                 + " (run 'pgq-sync install' or 'pgq-sync upgrade')"
             )
+        if stores:
+            problem = missing_table_problem(self.queries.driver, self.queries.settings)
+            if problem:
+                raise SchemaError(problem)
+
+    def _stores(self, reg: _Registration) -> bool:
+        return self.store_results if reg.store_result is None else reg.store_result
 
     def _run(self, opts: options.RunOptions) -> None:
         self.shutdown_requested_twice = False
@@ -509,7 +532,7 @@ class QueueManager:
         try:
             jobs = self.queries.dequeue(
                 batch, eps, self.queue_manager_id, opts.max_concurrent_tasks,
-                opts.heartbeat_timeout, completed=finished,
+                opts.heartbeat_timeout, completed=finished.outcomes, results=finished.results,
             )
         except BaseException:
             self._buffer.restore(finished)
@@ -566,14 +589,15 @@ class QueueManager:
     def _run_sync(self, job: Job, context: Context, reg: _Registration) -> None:
         error: BaseException | None = None
         seconds = None
+        value = None
         if not context.cancellation.cancelled:
             started = time.monotonic()
             try:
-                self._execute(job, context, reg)
+                value = self._execute(job, context, reg)
             except Exception as exc:  # the handler's failure is the job's outcome
                 error = exc
             seconds = time.monotonic() - started
-        self._finish(job, context, reg, error, cancelled=False, seconds=seconds)
+        self._finish(job, context, reg, error, cancelled=False, seconds=seconds, value=value)
 
     def _execute(self, job: Job, context: Context, reg: _Registration) -> Any:
         """Call the executor (for async handlers: make its coroutine) inside the
@@ -605,7 +629,8 @@ class QueueManager:
     ) -> None:
         cancelled = future.cancelled()
         error = None if cancelled else future.exception()
-        self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds)
+        value = None if cancelled or error is not None else future.result()
+        self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds, value=value)
 
     def _finish(
         self,
@@ -616,6 +641,7 @@ class QueueManager:
         *,
         cancelled: bool,
         seconds: float | None,
+        value: Any = None,
     ) -> None:
         assert self._capacity is not None
         # _abandoned only grows, at shutdown; a membership test needs no lock.
@@ -624,7 +650,7 @@ class QueueManager:
         else:
             # Buffer the outcome before the job stops counting as running, so drain
             # mode never sees "nothing running, nothing pending" in between.
-            self._record(job, context, reg, error, cancelled)
+            self._record(job, context, reg, error, cancelled, value)
         with self._lock:
             del self.job_context[job.id]
             del self._claimed[job.id]
@@ -641,25 +667,30 @@ class QueueManager:
         reg: _Registration,
         error: BaseException | None,
         cancelled: bool,
+        value: Any = None,
     ) -> None:
         assert self._buffer is not None
+        # Results (opt-in) ride in the same buffered write as the outcome; a
+        # failure's result row takes its error from the traceback record.
+        store = self._stores(reg)
         if cancelled or isinstance(error, JobCancelled) or (
             error is None and context.cancellation.cancelled
         ):
-            self._buffer.add(job, "canceled", None)
+            self._buffer.add(job, "canceled", None, StoredResult(job) if store else None)
             return
         if error is None:
-            self._buffer.add(job, "successful", None)
+            self._buffer.add(job, "successful", None, encode_result(job, value) if store else None)
             return
         retry = retry_request(error)
         fallback: JOB_STATUS = "failed" if reg.on_failure == "hold" else "exception"
         if retry is not None:
             record = self._traceback(job, error, attempt=job.attempts,
                                      retry_delay=str(retry.delay), reason=retry.reason)
-            self._buffer.add_retry(Retry(job, retry.delay, record, fallback))
+            self._buffer.add_retry(Retry(job, retry.delay, record, fallback, store))
             return
         logger.error("job %d (%r) failed", job.id, job.entrypoint, exc_info=error)
-        self._buffer.add(job, fallback, self._traceback(job, error))
+        stored = StoredResult(job) if store else None
+        self._buffer.add(job, fallback, self._traceback(job, error), stored)
 
     def _traceback(self, job: Job, error: BaseException, **extra: Any) -> TracebackRecord:
         context = {"entrypoint": job.entrypoint, "queue_manager_id": str(self.queue_manager_id)}

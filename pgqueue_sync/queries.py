@@ -14,12 +14,18 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from psycopg.types.json import Jsonb
 
 from .drivers.base import Driver
-from .errors import ConfigurationError, DeadlockDetected, DuplicateJobError, UniqueViolation
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    DeadlockDetected,
+    DuplicateJobError,
+    UniqueViolation,
+)
 from .models import (
     CancellationEvent,
     HealthCheckEvent,
@@ -48,6 +54,9 @@ from .types import (
     QueueManagerId,
     ScheduleId,
 )
+
+if TYPE_CHECKING:
+    from .results import StoredResult
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +206,7 @@ class Queries:
         heartbeat_timeout: timedelta,
         *,
         completed: Sequence[JobOutcome] = (),
+        results: Sequence[StoredResult] = (),
     ) -> list[Job]:
         """Claim up to ``batch_size`` jobs for ``queue_manager_id`` and log them ``picked``.
 
@@ -209,21 +219,25 @@ class Queries:
 
         ``completed`` (the :meth:`log_jobs` argument) records finished jobs in
         the same statement, saving a round trip per cycle; if the claim loses a
-        seat race they are still recorded, by a separate statement.
+        seat race they are still recorded, by a separate statement. ``results``
+        (see :meth:`log_jobs`) are stored with them.
         """
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
         if not entrypoints:
-            self.log_jobs(completed)
+            self.log_jobs(completed, results=results)
             return []
         registered = _registered_params(entrypoints)
         budget = global_concurrency_limit or None
         finish = _outcome_literals(completed)
+        stored = _result_literals(results) if finish else {}
         query = self.statements.dequeue(
-            capacity=registered["capacity"], budget=budget is not None, finish=bool(finish)
+            capacity=registered["capacity"], budget=budget is not None, finish=bool(finish),
+            results=bool(stored),
         )
         params = {
             **finish,
+            **stored,
             **registered,
             "batch": batch_size,
             "queue_manager_id": queue_manager_id,
@@ -236,26 +250,53 @@ class Queries:
             if exc.constraint_name != self.settings.index_name("picked_slot_idx"):
                 raise
             logger.debug("dequeue lost a concurrency seat race; treating as an empty batch")
-            self.log_jobs(completed)
+            self.log_jobs(completed, results=results)
             return []
         except DeadlockDetected:
             logger.debug("dequeue deadlocked with another claim; treating as an empty batch")
-            self.log_jobs(completed)
+            self.log_jobs(completed, results=results)
             return []
+        except DatabaseError as exc:
+            if not _results_failed(exc, stored):
+                raise
+            # Outcomes matter more than results: claim and record them without.
+            _log_lost_results(exc, results)
+            return self.dequeue(
+                batch_size, entrypoints, queue_manager_id, global_concurrency_limit,
+                heartbeat_timeout, completed=completed,
+            )
         return [Job.from_row(row) for row in rows]
 
     # -- completion ------------------------------------------------------------------------
 
-    def log_jobs(self, job_status: Iterable[JobOutcome]) -> list[JobId]:
+    def log_jobs(
+        self, job_status: Iterable[JobOutcome], *, results: Sequence[StoredResult] = ()
+    ) -> list[JobId]:
         """Record outcomes in one statement: delete (or hold as ``failed``) and log.
 
         Jobs whose row is already gone (e.g. cancelled meanwhile) are skipped
         without a log row. Returns the ids that were logged.
+
+        ``results`` (:class:`~pgqueue_sync.results.StoredResult`, from a worker
+        storing results) go into the opt-in results table in the same
+        statement, for the jobs that were logged. Should storing them fail
+        (e.g. the table was dropped), the outcomes are recorded without them
+        and the loss is logged as an error.
         """
         params = _outcome_literals(job_status)
         if not params:
             return []
-        rows = self.driver.fetch(self.statements.log_jobs, params)
+        stored = _result_literals(results)
+        if not stored:
+            rows = self.driver.fetch(self.statements.log_jobs, params)
+            return [JobId(r["job_id"]) for r in rows]
+        try:
+            rows = self.driver.fetch(self.statements.log_jobs_with_results, {**params, **stored})
+        except DatabaseError as exc:
+            if not _results_failed(exc, stored):
+                raise
+            _log_lost_results(exc, results)
+            rows = self.driver.fetch(self.statements.log_jobs, params)
         return [JobId(r["job_id"]) for r in rows]
 
     def retry_job(
@@ -361,7 +402,11 @@ class Queries:
         return [Log.from_row(row) for row in self.driver.fetch(self.statements.queue_log)]
 
     def job_status(self, ids: Iterable[int]) -> list[tuple[JobId, JOB_STATUS]]:
-        """The latest logged status of each job that has one."""
+        """The latest logged status of each job that has one, in one query.
+
+        A one-shot look; to block until jobs are final, use
+        :class:`~pgqueue_sync.completion.CompletionWatcher`.
+        """
         rows = self.driver.fetch(self.statements.job_status, {"ids": _ids(ids)})
         return [(JobId(r["job_id"]), r["status"]) for r in rows]
 
@@ -513,6 +558,37 @@ def _outcome_literals(job_status: Iterable[JobOutcome]) -> dict[str, str]:
             None if t is None else json.dumps(t.obj) for t in params["tracebacks"]
         ),
     }
+
+
+def _result_literals(results: Sequence[StoredResult]) -> dict[str, str]:
+    if not results:
+        return {}
+    return {
+        "result_ids": int_array(r.job.id for r in results),
+        "result_values": text_array(r.value for r in results),
+        "result_notes": text_array(r.note for r in results),
+        "result_created": text_array(r.job.created.isoformat() for r in results),
+        "result_attempts": int_array(r.job.attempts for r in results),
+        "result_workers": text_array(
+            None if r.job.queue_manager_id is None else str(r.job.queue_manager_id)
+            for r in results
+        ),
+    }
+
+
+def _results_failed(exc: DatabaseError, stored: Mapping[str, str]) -> bool:
+    """Whether a failed outcome write is worth repeating without its results: a
+    missing object (SQLSTATE class 42) or a value the server refused (class 22)."""
+    state = exc.sqlstate or ""
+    return bool(stored) and state[:2] in ("22", "42")
+
+
+def _log_lost_results(exc: DatabaseError, results: Sequence[StoredResult]) -> None:
+    logger.error(
+        "could not store the results of %d job(s) (%s); recording their outcomes without "
+        "them (is the results table installed? 'pgq-sync results install')",
+        len(results), exc,
+    )
 
 
 @functools.lru_cache(maxsize=64)

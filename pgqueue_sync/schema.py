@@ -593,6 +593,23 @@ class Schema:
         """The uninstall as an offline SQL script."""
         return uninstall_script(self.settings)
 
+    def install_results(self) -> None:
+        """Create pgqueue_sync's opt-in results table (idempotent).
+
+        Not one of PgQueuer's objects: :meth:`install`, :meth:`verify`,
+        :meth:`upgrade` and :meth:`uninstall` leave it alone, as ``pgq`` does.
+        See :class:`~pgqueue_sync.results.Results`.
+        """
+        from .results import Results
+
+        Results(self.driver, self.settings).install()
+
+    def uninstall_results(self) -> None:
+        """Drop the results table and every stored result (``IF EXISTS``)."""
+        from .results import Results
+
+        Results(self.driver, self.settings).uninstall()
+
     # -- inspection ------------------------------------------------------------------------
 
     def _names(self) -> dict[str, str]:

@@ -46,7 +46,10 @@ _SCHEMA_SCOPED = (
     "schedules_table",
     "function",
     "queue_status_type",
+    "results_table",
 )
+#: pgqueue_sync's own opt-in results table (not PgQueuer's; no PGQUEUER_* variable).
+RESULTS_TABLE_DEFAULT = "pgqueue_sync_results"
 _TRUE = {"1", "true", "yes", "on", "t", "y"}
 _FALSE = {"0", "false", "no", "off", "f", "n"}
 
@@ -57,8 +60,10 @@ class DBSettings:
 
     ``prefix`` is prepended to every default name that is not set explicitly.
     ``db_schema`` places the objects in a PostgreSQL schema (``None`` follows the
-    connection's ``search_path``). Raises :class:`ConfigurationError` for a name
-    that is not a plain identifier.
+    connection's ``search_path``). ``results_table`` names pgqueue_sync's own,
+    opt-in results table (default ``{prefix}pgqueue_sync_results``; set it in
+    code, there is no environment variable). Raises :class:`ConfigurationError`
+    for a name that is not a plain identifier.
     """
 
     prefix: str = ""
@@ -73,6 +78,7 @@ class DBSettings:
     schedules_table: str = ""
     durability: Durability = Durability.durable
     widen_id: bool = True
+    results_table: str = ""
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -83,6 +89,8 @@ class DBSettings:
         for field, base in _OBJECT_DEFAULTS.items():
             if not getattr(self, field):
                 object.__setattr__(self, field, f"{self.prefix}{base}")
+        if not self.results_table:
+            object.__setattr__(self, "results_table", f"{self.prefix}{RESULTS_TABLE_DEFAULT}")
         if self.db_schema is not None:
             object.__setattr__(self, "db_schema", self.db_schema.lower() or None)
         self._validate()

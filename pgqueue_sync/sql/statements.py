@@ -13,6 +13,7 @@ from typing import Any
 from psycopg import sql
 
 from ..settings import DBSettings
+from .results import STORE_RESULTS_CTE
 
 #: Columns returned for a job row, in :class:`~pgqueue_sync.models.Job` order.
 _JOB_COLUMNS = (
@@ -47,6 +48,7 @@ class StatementSet:
             "stats": settings.ident("statistics_table"),
             "schedules": settings.ident("schedules_table"),
             "status": settings.ident("queue_status_type"),
+            "results": settings.ident("results_table"),
         }
 
     def _sql(self, template: str, **extra: sql.Composable) -> sql.SQL:
@@ -110,8 +112,10 @@ logged AS (
 
     # -- dequeue ---------------------------------------------------------------------------
 
-    @functools.cache  # noqa: B019 - eight shapes at most
-    def dequeue(self, *, capacity: bool, budget: bool, finish: bool = False) -> sql.SQL:
+    @functools.cache  # noqa: B019 - twelve shapes at most
+    def dequeue(
+        self, *, capacity: bool, budget: bool, finish: bool = False, results: bool = False
+    ) -> sql.SQL:
         """Claim up to ``%(batch)s`` jobs in one statement.
 
         ``capacity``: some entrypoint has a fleet-wide ``concurrency_limit``;
@@ -119,8 +123,12 @@ logged AS (
         ``finish``: first record finished jobs (the ``log_jobs`` parameters) in
         the same statement. The claim's snapshot still counts those jobs as
         running, so piggybacking can only under-claim, never overshoot a limit.
+        ``results`` (with ``finish``): also store results (the ``result_*``
+        parameters) in the opt-in results table.
         """
         parts = [_FINISH, _FINISHED_LOG] if finish else []
+        if finish and results:
+            parts.append(STORE_RESULTS_CTE)
         parts.append(_REGISTERED)
         if capacity:
             parts.append(_CAPACITY)
@@ -142,15 +150,12 @@ logged AS (
     @functools.cached_property
     def log_jobs(self) -> sql.SQL:
         """Finish jobs: delete (or hold as ``failed``) and log only rows that still existed."""
-        return self._sql(
-            "WITH " + _FINISH + """
-INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
-SELECT id, status, entrypoint, priority, traceback FROM removed
-UNION ALL
-SELECT id, status, entrypoint, priority, traceback FROM held
-RETURNING job_id
-"""
-        )
+        return self._sql("WITH " + _FINISH + _LOG_FINISHED)
+
+    @functools.cached_property
+    def log_jobs_with_results(self) -> sql.SQL:
+        """:attr:`log_jobs`, also storing results (the ``result_*`` parameters)."""
+        return self._sql("WITH " + _FINISH + ",\n" + STORE_RESULTS_CTE + _LOG_FINISHED)
 
     @functools.cached_property
     def retry_job(self) -> sql.SQL:
@@ -452,6 +457,14 @@ held AS (
     WHERE q.id = d.id AND d.status = 'failed'
     RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
 )"""
+
+_LOG_FINISHED = """
+INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
+SELECT id, status, entrypoint, priority, traceback FROM removed
+UNION ALL
+SELECT id, status, entrypoint, priority, traceback FROM held
+RETURNING job_id
+"""
 
 _FINISHED_LOG = """finished_log AS (
     INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)

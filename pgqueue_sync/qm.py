@@ -11,7 +11,7 @@ is the dispatcher; ``-runner-N`` run handlers; ``-listener`` receives NOTIFY;
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import dataclasses
 import logging
 import signal
@@ -613,23 +613,24 @@ class QueueManager:
     def _start_async(self, job: Job, context: Context, reg: _Registration) -> None:
         assert self._loop is not None
         started = time.monotonic()
-        future = self._loop.submit(self._execute(job, context, reg))
-        context.cancellation.add_callback(future.cancel)
-        future.add_done_callback(
-            lambda f: self._finish_async(job, context, reg, f, time.monotonic() - started)
-        )
+
+        def done(task: asyncio.Task[Any]) -> None:  # on the event-loop thread
+            self._finish_async(job, context, reg, task, time.monotonic() - started)
+
+        cancel = self._loop.spawn(self._execute(job, context, reg), done)
+        context.cancellation.add_callback(cancel)
 
     def _finish_async(
         self,
         job: Job,
         context: Context,
         reg: _Registration,
-        future: concurrent.futures.Future[Any],
+        task: asyncio.Task[Any],
         seconds: float,
     ) -> None:
-        cancelled = future.cancelled()
-        error = None if cancelled else future.exception()
-        value = None if cancelled or error is not None else future.result()
+        cancelled = task.cancelled()
+        error = None if cancelled else task.exception()
+        value = None if cancelled or error is not None else task.result()
         self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds, value=value)
 
     def _finish(

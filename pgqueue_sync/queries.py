@@ -39,7 +39,7 @@ from .models import (
     utc_now,
 )
 from .settings import DBSettings, db_settings
-from .sql.arrays import int_array, text_array
+from .sql.arrays import bytea_array, int_array, text_array
 from .sql.statements import Statements
 from .tracing import TracingProtocol, get_tracer, is_active, merge_publish_headers
 from .types import (
@@ -620,12 +620,26 @@ def _enqueue_params(rows: dict[str, list[Any]]) -> dict[str, str]:
     return {
         "priority": int_array(rows["priority"]),
         "entrypoint": text_array(rows["entrypoint"]),
-        "delay": text_array(f"{d.total_seconds()} seconds" for d in rows["delay"]),
+        "delay": _delay_array(rows["delay"]),
         "at": text_array(None if a is None else a.isoformat() for a in rows["at"]),
         "dedupe_key": text_array(rows["dedupe_key"]),
-        "payload": text_array(None if p is None else "\\x" + p.hex() for p in rows["payload"]),
-        "headers": text_array(json.dumps(h.obj) for h in rows["headers"]),
+        "payload": bytea_array(rows["payload"]),
+        "headers": _headers_array(rows["headers"]),
     }
+
+
+def _delay_array(delays: list[timedelta]) -> str:
+    # Batches mostly share one delay (usually zero): format each distinct one once.
+    texts: dict[timedelta, str] = {}
+    for delay in delays:
+        if delay not in texts:
+            texts[delay] = f"{delay.total_seconds()} seconds"
+    return text_array(texts[d] for d in delays)
+
+
+def _headers_array(headers: list[Jsonb]) -> str:
+    # JSON null (no headers) is by far the common case; skip json.dumps for it.
+    return text_array("null" if h.obj is None else json.dumps(h.obj) for h in headers)
 
 
 def _normalize_batch(

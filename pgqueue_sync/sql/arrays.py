@@ -25,6 +25,15 @@ def text_array(values: Iterable[str | None]) -> str:
     return "{" + ",".join(_element(v) for v in values) + "}"
 
 
+def bytea_array(values: Iterable[bytes | None]) -> str:
+    """A ``bytea[]`` literal in hex form; ``None`` becomes ``NULL``.
+
+    Hex digits need no escaping; the element's own backslash is doubled, as
+    the array syntax requires.
+    """
+    return "{" + ",".join("NULL" if v is None else '"\\\\x' + v.hex() + '"' for v in values) + "}"
+
+
 def _element(value: str | None) -> str:
     if value is None:
         return "NULL"

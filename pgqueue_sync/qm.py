@@ -33,6 +33,7 @@ from .errors import (
     DatabaseError,
     FailingListenerError,
     PgqException,
+    RetryRequested,
     SchemaError,
 )
 from .executors import (
@@ -694,7 +695,14 @@ class QueueManager:
         self._buffer.add(job, fallback, self._traceback(job, error), stored)
 
     def _traceback(self, job: Job, error: BaseException, **extra: Any) -> TracebackRecord:
-        context = {"entrypoint": job.entrypoint, "queue_manager_id": str(self.queue_manager_id)}
+        # The dotted class path (of the cause, for a retry) lets readers such as
+        # the Django Tasks backend name the exception; PgQueuer ignores the key.
+        cause = error.__cause__ if isinstance(error, RetryRequested) else None
+        context = {
+            "entrypoint": job.entrypoint,
+            "queue_manager_id": str(self.queue_manager_id),
+            "exception_class_path": _class_path(cause or error),
+        }
         return TracebackRecord.from_exception(
             error, job_id=job.id, additional_context={**context, **extra}
         )
@@ -866,3 +874,8 @@ class _SignalHandlers:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def _class_path(error: BaseException) -> str:
+    kind = type(error)
+    return f"{kind.__module__}.{kind.__qualname__}"

@@ -24,6 +24,8 @@ FINISHED_INDEX_SUFFIX = "finished_idx"
 # statement really deleted or held get a result row, so a job cancelled
 # meanwhile is not reported as successful. The error of a failed job comes
 # from its traceback record; ``note`` explains a value that could not be stored.
+# A row may exist before the outcome (the Django Tasks backend writes one at
+# enqueue, describing the task): an outcome without a value keeps its result.
 STORE_RESULTS_CTE = """stored AS (
     INSERT INTO {results} AS r
         (job_id, entrypoint, status, result, error, created, finished, attempts,
@@ -47,8 +49,10 @@ STORE_RESULTS_CTE = """stored AS (
         SELECT id, entrypoint, status, traceback FROM held
     ) f ON f.id = v.id
     ON CONFLICT (job_id) DO UPDATE SET
-        entrypoint = EXCLUDED.entrypoint, status = EXCLUDED.status, result = EXCLUDED.result,
-        error = EXCLUDED.error, created = EXCLUDED.created, finished = EXCLUDED.finished,
+        entrypoint = EXCLUDED.entrypoint, status = EXCLUDED.status,
+        result = COALESCE(EXCLUDED.result, r.result),
+        error = EXCLUDED.error, created = COALESCE(EXCLUDED.created, r.created),
+        finished = EXCLUDED.finished,
         attempts = EXCLUDED.attempts, queue_manager_id = EXCLUDED.queue_manager_id
 )"""
 
@@ -113,11 +117,16 @@ def select_results(settings: DBSettings) -> sql.Composed:
 
 
 def prune_batch(settings: DBSettings) -> sql.Composed:
-    """Delete up to ``%(batch)s`` rows finished more than ``%(age)s`` ago; returns ``count``."""
+    """Delete up to ``%(batch)s`` rows finished more than ``%(age)s`` ago; returns ``count``.
+
+    Rows of jobs still in the queue (e.g. written at enqueue by the Django
+    Tasks backend, or held as ``failed``) are kept.
+    """
     return sql.SQL("""
 WITH doomed AS (
-    SELECT job_id FROM {results}
+    SELECT job_id FROM {results} r
     WHERE finished < NOW() - %(age)s::interval
+      AND NOT EXISTS (SELECT 1 FROM {queue} q WHERE q.id = r.job_id)
     ORDER BY finished
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
@@ -126,4 +135,4 @@ gone AS (
     DELETE FROM {results} r USING doomed d WHERE r.job_id = d.job_id RETURNING 1
 )
 SELECT count(*) AS count FROM gone
-""").format(results=table(settings))
+""").format(results=table(settings), queue=settings.ident("queue_table"))

@@ -1,0 +1,194 @@
+"""The ``PGQUEUE_SYNC`` Django setting, read with typed defaults.
+
+Everything is read when asked for (never at import time), so
+``override_settings`` and the test runner's database rename are followed.
+Unknown keys and values of the wrong type raise
+:class:`~pgqueue_sync.contrib.django.errors.DjangoConfigurationError` naming
+the key and what to write instead.
+
+Example (``settings.py``)::
+
+    PGQUEUE_SYNC = {
+        "DATABASE_ALIAS": "default",
+        "TASK_MODULES": ["shop.jobs"],
+        "WORKER": {"concurrency": 8, "shutdown_timeout": 60},
+    }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ...settings import DBSettings
+from .errors import DjangoConfigurationError
+
+#: The setting's name in ``settings.py``.
+SETTING = "PGQUEUE_SYNC"
+DEFAULT_DATABASE_ALIAS = "default"
+#: The module imported from every installed app when the worker starts.
+DEFAULT_AUTODISCOVER = "tasks"
+#: ``TEST_MODE`` values: run jobs at enqueue, run them at commit, record them only.
+TEST_MODES = ("eager", "eager_on_commit", "capture")
+
+#: ``WORKER`` keys, with the type each takes; they are ``pgq-sync run`` options.
+WORKER_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "concurrency": int,
+    "batch_size": int,
+    "dequeue_timeout": (int, float),
+    "heartbeat_timeout": (int, float),
+    "max_concurrent_tasks": int,
+    "shutdown_timeout": (int, float),
+    "mode": str,
+    "shutdown_on_listener_failure": bool,
+    "restart_on_failure": bool,
+    "restart_delay": (int, float),
+    "metrics_port": int,
+}
+#: ``POOL`` keys (``psycopg_pool.ConnectionPool`` arguments).
+POOL_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "min_size": int,
+    "max_size": int,
+    "timeout": (int, float),
+    "max_idle": (int, float),
+    "max_lifetime": (int, float),
+}
+
+_KEYS = (
+    "DATABASE_ALIAS", "PREFIX", "SCHEMA", "TASK_MODULES", "AUTODISCOVER", "WORKER", "POOL",
+    "STORE_RESULTS", "TEST_MODE",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DjangoQueueSettings:
+    """The validated ``PGQUEUE_SYNC`` setting.
+
+    ``database_alias``: the ``DATABASES`` entry jobs are enqueued on and the
+    worker connects to. ``prefix``/``schema``: the queue objects' names (as
+    ``PGQUEUER_PREFIX``/``PGQUEUER_SCHEMA``; unset follows those variables).
+    ``task_modules``: modules the worker imports besides each app's
+    ``autodiscover`` module (``None`` disables autodiscovery). ``worker``:
+    defaults for ``manage.py pgq_sync worker`` (its flags win). ``pool``: the
+    worker's pool. ``store_results``: keep entrypoints' return values.
+    ``test_mode``: ``None`` or one of :data:`TEST_MODES`.
+    """
+
+    database_alias: str = DEFAULT_DATABASE_ALIAS
+    prefix: str | None = None
+    schema: str | None = None
+    task_modules: tuple[str, ...] = ()
+    autodiscover: str | None = DEFAULT_AUTODISCOVER
+    worker: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pool: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    store_results: bool = False
+    test_mode: str | None = None
+
+    @property
+    def db_settings(self) -> DBSettings:
+        """Object names: ``PGQUEUER_*`` variables with ``PREFIX``/``SCHEMA`` applied."""
+        overrides: dict[str, Any] = {}
+        if self.prefix is not None:
+            overrides["prefix"] = self.prefix
+        if self.schema is not None:
+            overrides["db_schema"] = self.schema
+        return DBSettings.from_env(**overrides)
+
+
+def get_settings() -> DjangoQueueSettings:
+    """Read and validate ``settings.PGQUEUE_SYNC`` (absent: all defaults)."""
+    from django.conf import settings
+
+    raw = getattr(settings, SETTING, None) or {}
+    if not isinstance(raw, Mapping):
+        raise DjangoConfigurationError(
+            f"{SETTING} must be a dict, got {type(raw).__name__}"
+        )
+    return parse(raw)
+
+
+def parse(raw: Mapping[str, Any]) -> DjangoQueueSettings:
+    """Validate one ``PGQUEUE_SYNC`` mapping (see :func:`get_settings`)."""
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise DjangoConfigurationError(
+            f"unknown {SETTING} key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(_KEYS)}"
+        )
+    return DjangoQueueSettings(
+        database_alias=_typed(raw, "DATABASE_ALIAS", str, DEFAULT_DATABASE_ALIAS),
+        prefix=_typed(raw, "PREFIX", str, None),
+        schema=_typed(raw, "SCHEMA", str, None),
+        task_modules=tuple(_strings(raw, "TASK_MODULES")),
+        autodiscover=_autodiscover(raw),
+        worker=_options(raw, "WORKER", WORKER_OPTIONS),
+        pool=_options(raw, "POOL", POOL_OPTIONS),
+        store_results=_typed(raw, "STORE_RESULTS", bool, False),
+        test_mode=_test_mode(raw),
+    )
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = raw.get(key, default)
+    if value is default or value is None:
+        return default if value is None else value
+    if not isinstance(value, kind):
+        raise DjangoConfigurationError(
+            f"{SETTING}[{key!r}] must be a {kind.__name__}, got {value!r}"
+        )
+    return value
+
+
+def _strings(raw: Mapping[str, Any], key: str) -> list[str]:
+    value = raw.get(key) or []
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise DjangoConfigurationError(
+            f"{SETTING}[{key!r}] must be a list of dotted module paths, got {value!r}"
+        )
+    return list(value)
+
+
+def _autodiscover(raw: Mapping[str, Any]) -> str | None:
+    value = raw.get("AUTODISCOVER", DEFAULT_AUTODISCOVER)
+    if value in (None, False, ""):
+        return None
+    if not isinstance(value, str):
+        raise DjangoConfigurationError(
+            f"{SETTING}['AUTODISCOVER'] must be a module name such as 'tasks', or None "
+            f"to disable autodiscovery; got {value!r}"
+        )
+    return value
+
+
+def _options(
+    raw: Mapping[str, Any], key: str, allowed: Mapping[str, type | tuple[type, ...]]
+) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise DjangoConfigurationError(f"{SETTING}[{key!r}] must be a dict, got {value!r}")
+    for name, item in value.items():
+        if name not in allowed:
+            raise DjangoConfigurationError(
+                f"unknown {SETTING}[{key!r}] option {name!r}; valid: {', '.join(allowed)}"
+            )
+        kind = allowed[name]
+        # bool is an int: refuse True where a number is meant.
+        wrong = isinstance(item, bool) and kind is not bool
+        if item is not None and (wrong or not isinstance(item, kind)):
+            raise DjangoConfigurationError(
+                f"{SETTING}[{key!r}][{name!r}] has the wrong type: {item!r}"
+            )
+    return dict(value)
+
+
+def _test_mode(raw: Mapping[str, Any]) -> str | None:
+    value = raw.get("TEST_MODE")
+    if value is None or value is False:
+        return None
+    if value not in TEST_MODES:
+        raise DjangoConfigurationError(
+            f"{SETTING}['TEST_MODE'] must be None or one of {', '.join(TEST_MODES)}; "
+            f"got {value!r}"
+        )
+    return str(value)

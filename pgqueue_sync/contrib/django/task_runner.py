@@ -1,0 +1,156 @@
+"""Running one Django Task job in a worker: signals, context, retries, the result.
+
+:class:`DjangoTaskExecutor` is the executor of every ``django_tasks:<queue>``
+entrypoint. For each job, in the handler thread, it:
+
+1. rebuilds the ``Task`` and a RUNNING ``TaskResult`` (earlier attempts and
+   errors are read back from the database when the job ran before);
+2. sends ``task_started``, calls the task (``async def`` tasks through
+   ``async_to_sync``, so Django's sync ORM works in signal receivers), passing
+   a ``TaskContext`` first when the task ``takes_context``;
+3. on success stores the JSON-normalised return value and sends
+   ``task_finished``; on failure retries while the record's ``max_attempts``
+   allows (the result goes back to READY), else marks it FAILED, sends
+   ``task_finished`` and lets the worker log the exception.
+
+Django's stale connections are closed before and after every job.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from django.db import close_old_connections, reset_queries
+from django.utils import timezone
+
+from ...cancellation import Context
+from ...errors import RetryRequested
+from ...executors import AbstractEntrypointExecutor
+from ...models import Job
+from ._compat import (
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultStatus,
+    normalize_json,
+    task_backends,
+    task_finished,
+    task_started,
+)
+from .task_store import RECORD_KEY, RETURN_KEY, TaskRecord
+
+logger = logging.getLogger(__name__)
+
+
+def django_task(job: Job) -> None:
+    """Placeholder handler of task entrypoints: :class:`DjangoTaskExecutor` runs the job."""
+    raise RuntimeError("django task jobs run through DjangoTaskExecutor")
+
+
+class DjangoTaskExecutor(AbstractEntrypointExecutor):
+    """Runs Django-task jobs (sync: one handler thread per job). Thread-safe."""
+
+    def execute(self, job: Job, context: Context) -> Any:
+        """Run the job's task; returns what the results table keeps (record and value)."""
+        close_old_connections()
+        try:
+            return run_task_job(job)
+        finally:
+            reset_queries()
+            close_old_connections()
+
+
+def run_task_job(job: Job) -> dict[str, Any]:
+    """Run one task job in this thread; see the module docstring.
+
+    Returns ``{"task_record": ..., "return_value": ...}``. Raises the task's
+    exception (or :class:`RetryRequested` for a retry). A payload that is not a
+    task record, or a task that cannot be imported, fails the job at once.
+    """
+    record = TaskRecord.from_payload(job.payload)
+    backend = task_backends[record.backend]
+    result = _running_result(job, record, backend)
+    task = result.task
+    task_started.send(sender=type(backend), task_result=result)
+    try:
+        if task.takes_context:
+            raw = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
+        else:
+            raw = task.call(*result.args, **result.kwargs)
+        value = normalize_json(raw)
+    except Exception as exc:
+        retry = _failed(job, record, backend, result, exc)
+        if retry is None:
+            raise
+        raise retry from exc
+    object.__setattr__(result, "_return_value", value)
+    _finish(result, TaskResultStatus.SUCCESSFUL)
+    task_finished.send(sender=type(backend), task_result=result)
+    return {RECORD_KEY: record.to_json(), RETURN_KEY: value}
+
+
+def _running_result(job: Job, record: TaskRecord, backend: Any) -> Any:
+    from .backend import load_task
+
+    now = timezone.now()
+    earlier = _earlier(job, backend)
+    worker = str(job.queue_manager_id) if job.queue_manager_id else "unknown"
+    return TaskResult(
+        task=load_task(record, backend.alias), id=str(job.id), status=TaskResultStatus.RUNNING,
+        enqueued_at=earlier.enqueued_at if earlier else job.created,
+        started_at=earlier.started_at if earlier and earlier.started_at else now,
+        finished_at=None, last_attempted_at=now, args=record.args, kwargs=record.kwargs,
+        backend=backend.alias, errors=list(earlier.errors) if earlier else [],
+        # The tables already count this run's pick among the earlier result's attempts.
+        worker_ids=[*(earlier.worker_ids[:-1] if earlier else []), worker],
+    )
+
+
+def _earlier(job: Job, backend: Any) -> Any:
+    """The stored result of a job that ran before (retry or re-pick), else ``None``."""
+    if job.attempts == 0:
+        return None
+    try:
+        return backend.get_result(str(job.id))
+    except Exception:  # history is a nicety; never fail the run for it
+        logger.warning("could not read the history of task job %d", job.id, exc_info=True)
+        return None
+
+
+def _failed(
+    job: Job, record: TaskRecord, backend: Any, result: Any, exc: Exception
+) -> RetryRequested | None:
+    """Record a failed run on ``result``; a retry to raise, or ``None`` to re-raise ``exc``."""
+    if isinstance(exc, RetryRequested):  # the task asked for a retry itself
+        _reset(result)
+        return None
+    result.errors.append(_task_error(exc))
+    runs = job.attempts + 1
+    if runs < record.max_attempts:
+        delay = backend.backend_options.retry_delay_after(runs, record.retry_delay)
+        logger.info("task job %d failed (attempt %d of %d); retrying in %.1fs",
+                    job.id, runs, record.max_attempts, delay)
+        _reset(result)
+        return RetryRequested(delay=delay, reason=f"{type(exc).__name__}: {exc}")
+    _finish(result, TaskResultStatus.FAILED)
+    task_finished.send(sender=type(backend), task_result=result)
+    return None
+
+
+def _task_error(exc: BaseException) -> Any:
+    kind = type(exc)
+    return TaskError(
+        exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
+        traceback="".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+    )
+
+
+def _finish(result: Any, status: Any) -> None:
+    object.__setattr__(result, "status", status)
+    object.__setattr__(result, "finished_at", timezone.now())
+
+
+def _reset(result: Any) -> None:
+    object.__setattr__(result, "status", TaskResultStatus.READY)

@@ -17,7 +17,8 @@ class PgQueueSyncConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import _compat
+        # Importing registers the system checks (idempotent: Django keeps a set).
+        from . import _compat, checks  # noqa: F401
 
         if _compat.HAS_TASKS:
             # Django collects a Tasks backend's check() only once its Tasks

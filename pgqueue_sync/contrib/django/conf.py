@@ -18,6 +18,8 @@ Example (``settings.py``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,9 +87,12 @@ class DjangoQueueSettings:
     store_results: bool = False
     test_mode: str | None = None
 
-    @property
+    @functools.cached_property
     def db_settings(self) -> DBSettings:
-        """Object names: ``PGQUEUER_*`` variables with ``PREFIX``/``SCHEMA`` applied."""
+        """Object names: ``PGQUEUER_*`` variables with ``PREFIX``/``SCHEMA`` applied.
+
+        Read once per settings object (the variables are not re-read per enqueue).
+        """
         overrides: dict[str, Any] = {}
         if self.prefix is not None:
             overrides["prefix"] = self.prefix
@@ -96,16 +101,31 @@ class DjangoQueueSettings:
         return DBSettings.from_env(**overrides)
 
 
+_cache_lock = threading.Lock()
+_cache: tuple[object, DjangoQueueSettings] | None = None
+
+
 def get_settings() -> DjangoQueueSettings:
-    """Read and validate ``settings.PGQUEUE_SYNC`` (absent: all defaults)."""
+    """Read and validate ``settings.PGQUEUE_SYNC`` (absent: all defaults).
+
+    The result is kept while the setting is the same object, so
+    ``override_settings`` is followed but editing the dict in place is not.
+    """
+    global _cache
     from django.conf import settings
 
-    raw = getattr(settings, SETTING, None) or {}
-    if not isinstance(raw, Mapping):
+    raw = getattr(settings, SETTING, None)
+    cached = _cache
+    if cached is not None and cached[0] is raw:
+        return cached[1]
+    if raw is not None and not isinstance(raw, Mapping):
         raise DjangoConfigurationError(
             f"{SETTING} must be a dict, got {type(raw).__name__}"
         )
-    return parse(raw)
+    parsed = parse(raw or {})
+    with _cache_lock:
+        _cache = (raw, parsed)
+    return parsed
 
 
 def parse(raw: Mapping[str, Any]) -> DjangoQueueSettings:

@@ -1,0 +1,53 @@
+"""Handlers and Django tasks of the test app (imported by the worker's autodiscovery)."""
+
+from __future__ import annotations
+
+from pgqueue_sync import Job
+from pgqueue_sync.contrib.django import entrypoint
+from pgqueue_sync.contrib.django._compat import task
+
+from .models import Order
+
+
+@entrypoint("shop.send_confirmation")
+def send_confirmation(job: Job) -> None:
+    assert job.payload is not None
+    Order.objects.filter(pk=int(job.payload)).update(sent=True)
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(queue_name="emails", priority=5)
+def mark_sent(order_id: int) -> str:
+    Order.objects.filter(pk=order_id).update(sent=True)
+    return f"order {order_id} sent"
+
+
+@task
+def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+@task(takes_context=True)
+def with_context(context, label: str) -> dict:
+    return {"label": label, "attempt": context.attempt, "id": context.task_result.id}
+
+
+@task
+async def async_add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(takes_context=True, max_attempts=2, retry_delay=0)
+def flaky(context) -> int:
+    if context.attempt == 1:
+        raise ConnectionError("first attempt fails")
+    return context.attempt
+
+
+@task(max_attempts=2, retry_delay=0)
+def always_fails() -> None:
+    raise KeyError("never works")

@@ -1,0 +1,255 @@
+"""The Django Tasks backend end to end: enqueue in a transaction, a real worker, get_result."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+from psycopg import sql
+
+from pgqueue_sync.contrib.django._compat import (
+    TASKS_MODULE,
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
+from pgqueue_sync.contrib.django.backend import (
+    BackendOptions,
+    PgQueueSyncBackend,
+    register_task_entrypoints,
+)
+from pgqueue_sync.contrib.django.conf import get_settings
+from pgqueue_sync.contrib.django.errors import DjangoConfigurationError
+
+from .helpers import drain_with_worker, truncate_queue_tables, worker_connect
+from .shop import tasks
+
+
+@pytest.fixture
+def committed() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        truncate_queue_tables()
+
+
+class Signals:
+    """Receivers for the three Tasks signals (the worker sends from its threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, str, str]] = []
+
+    def receiver(self, name: str) -> Any:
+        def receive(sender: Any, task_result: Any, **kwargs: Any) -> None:
+            with self.lock:
+                self.seen.append((name, task_result.id, str(task_result.status)))
+        return receive
+
+
+@pytest.fixture
+def signals() -> Iterator[Signals]:
+    recorder = Signals()
+    receivers = [(s, recorder.receiver(n)) for s, n in
+                 ((task_enqueued, "enqueued"), (task_started, "started"),
+                  (task_finished, "finished"))]
+    for signal, receiver in receivers:
+        signal.connect(receiver)
+    try:
+        yield recorder
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+
+
+def run_worker(**options: Any) -> Any:
+    return drain_with_worker(lambda pgq: register_task_entrypoints(pgq), **options)
+
+
+def _job_row(job_id: str) -> dict[str, Any]:
+    names = get_settings().db_settings
+    query = sql.SQL("SELECT entrypoint, priority, execute_after FROM {} WHERE id = %s").format(
+        names.ident("queue_table"))
+    with worker_connect() as conn:
+        row = conn.execute(query, [int(job_id)]).fetchone()
+    assert row is not None
+    return {"entrypoint": row[0], "priority": row[1], "execute_after": row[2]}
+
+
+@pytest.mark.django_db
+def test_enqueue_returns_a_ready_result_readable_at_once(signals: Signals) -> None:
+    result = tasks.add.enqueue(2, 3)
+    assert result.status == TaskResultStatus.READY
+    assert result.id.isdigit()
+    assert result.args == [2, 3]
+    assert ("enqueued", result.id, "READY") in signals.seen
+    again = tasks.add.get_result(result.id)
+    assert again.status == TaskResultStatus.READY
+    assert again.task.func is tasks.add.func
+    assert again.enqueued_at is not None and again.started_at is None
+    assert not again.is_finished
+
+
+@pytest.mark.django_db
+def test_unknown_ids_do_not_exist() -> None:
+    backend = task_backends["default"]
+    for bad in ("nope", "999999999"):
+        with pytest.raises(TaskResultDoesNotExist):
+            backend.get_result(bad)
+
+
+def test_backend_flags_are_honest() -> None:
+    backend = task_backends["default"]
+    assert isinstance(backend, PgQueueSyncBackend)
+    assert backend.supports_defer and backend.supports_priority
+    assert backend.supports_get_result and backend.supports_async_task
+
+
+def test_invalid_tasks_are_refused() -> None:
+    with pytest.raises(InvalidTask):
+        tasks.add.using(priority=101)
+    with pytest.raises(InvalidTask):
+        tasks.add.using(queue_name="unknown-queue")
+
+
+def test_bad_options_name_the_key() -> None:
+    with pytest.raises(DjangoConfigurationError, match="MAX_ATTEMPTS"):
+        BackendOptions.parse("default", {"MAX_ATTEMPTS": 0})
+    with pytest.raises(DjangoConfigurationError, match="unknown"):
+        BackendOptions.parse("default", {"RETRIES": 3})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_priority_queue_and_run_after_reach_the_job(committed: None) -> None:
+    later = timezone.now() + timedelta(hours=1)
+    result = tasks.mark_sent.using(run_after=later).enqueue(1)
+    row = _job_row(result.id)
+    assert row["entrypoint"] == "django_tasks:emails"
+    assert row["priority"] == 5
+    if timezone.is_naive(later):  # USE_TZ=False: naive values are in TIME_ZONE
+        later = timezone.make_aware(later)
+    assert abs((row["execute_after"] - later).total_seconds()) < 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rollback_discards_the_task(committed: None) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        result = tasks.add.enqueue(1, 1)
+        raise RuntimeError("abort")
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result(result.id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_runs_tasks_and_results_come_back(committed: None, signals: Signals) -> None:
+    added = tasks.add.enqueue(2, 3)
+    failed = tasks.explode.enqueue("boom")
+    contextual = tasks.with_context.enqueue("hello")
+    awaited = tasks.async_add.enqueue(4, 5)
+    pgq = run_worker()
+
+    added.refresh()
+    assert added.status == TaskResultStatus.SUCCESSFUL
+    assert added.return_value == 5
+    assert added.worker_ids == [str(pgq.qm.queue_manager_id)]
+    assert added.attempts == 1
+    assert added.started_at is not None and added.finished_at is not None
+    assert added.enqueued_at <= added.started_at <= added.finished_at
+
+    result = tasks.explode.get_result(failed.id)
+    assert result.status == TaskResultStatus.FAILED
+    [error] = result.errors
+    assert error.exception_class_path == "builtins.ValueError"
+    assert error.exception_class is ValueError
+    assert "boom" in error.traceback
+    with pytest.raises(ValueError, match="Task failed"):
+        _ = result.return_value
+
+    context_value = tasks.with_context.get_result(contextual.id).return_value
+    assert context_value == {"label": "hello", "attempt": 1, "id": contextual.id}
+    assert tasks.async_add.get_result(awaited.id).return_value == 9
+
+    with signals.lock:
+        seen = list(signals.seen)
+    assert ("started", added.id, "RUNNING") in seen
+    assert ("finished", added.id, "SUCCESSFUL") in seen
+    assert ("finished", failed.id, "FAILED") in seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retries_use_the_queue_and_count_attempts(committed: None, signals: Signals) -> None:
+    flaky = tasks.flaky.enqueue()
+    doomed = tasks.always_fails.enqueue()
+    run_worker()
+
+    result = tasks.flaky.get_result(flaky.id)
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 2
+    assert result.attempts == 2
+    [error] = result.errors
+    assert error.exception_class_path == "builtins.ConnectionError"
+
+    result = tasks.always_fails.get_result(doomed.id)
+    assert result.status == TaskResultStatus.FAILED
+    assert [e.exception_class_path for e in result.errors] == ["builtins.KeyError"] * 2
+    with signals.lock:
+        finished = [s for s in signals.seen if s[0] == "finished" and s[1] == doomed.id]
+    assert finished == [("finished", doomed.id, "FAILED")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_results_are_readable_from_another_thread(committed: None) -> None:
+    result = tasks.add.enqueue(20, 22)
+    run_worker()
+    seen: list[Any] = []
+
+    def read() -> None:
+        from django.db import connections
+
+        try:
+            seen.append(tasks.add.get_result(result.id).return_value)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=read, name="reader")
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert seen == [42]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_told_one_queue_leaves_the_others(committed: None) -> None:
+    other = tasks.mark_sent.enqueue(1)
+    mine = tasks.add.enqueue(1, 2)
+    drain_with_worker(lambda pgq: register_task_entrypoints(pgq, queues=["default"]))
+    assert tasks.add.get_result(mine.id).status == TaskResultStatus.SUCCESSFUL
+    assert tasks.mark_sent.get_result(other.id).status == TaskResultStatus.READY
+
+
+@pytest.mark.django_db
+def test_a_cancelled_task_reads_as_failed() -> None:
+    from pgqueue_sync.contrib.django import get_queries
+
+    result = tasks.add.enqueue(1, 1)
+    get_queries().mark_job_as_cancelled([int(result.id)])
+    again = tasks.add.get_result(result.id)
+    assert again.status == TaskResultStatus.FAILED
+    assert again.errors == []
+
+
+def test_no_backend_configured_is_a_clear_error() -> None:
+    with override_settings(TASKS={"default": {
+            "BACKEND": TASKS_MODULE + ".backends.dummy.DummyBackend"}}):
+        with pytest.raises(DjangoConfigurationError, match="--no-tasks"):
+            register_task_entrypoints(object())  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ _EXPORTS = {
     "DjangoConfigurationError": ".errors",
     "PgQueueSyncBackend": ".backend",
     "PgQueueSyncTask": ".backend",
+    "create_worker": ".worker",
 }
 
 __all__ = sorted(_EXPORTS)

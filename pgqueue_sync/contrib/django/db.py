@@ -26,7 +26,7 @@ from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import JsonbLoader, JsonLoader
 
 from ...drivers.base import Driver, Params, Query, Row, translate
-from ...errors import DatabaseError
+from ...errors import DatabaseError, SchemaNotInstalledError
 from .errors import DjangoConfigurationError
 
 #: Keys of ``get_connection_params()`` that only Django's own connection understands.
@@ -156,7 +156,20 @@ def _translate_errors() -> Iterator[None]:
     except DjangoDatabaseError as exc:
         cause = exc.__cause__
         if isinstance(cause, psycopg.Error):
-            raise translate(cause) from exc
+            raise _for_django(translate(cause), cause) from exc
         raise DatabaseError(str(exc).strip() or type(exc).__name__) from exc
     except psycopg.Error as exc:
-        raise translate(exc) from exc
+        raise _for_django(translate(exc), exc) from exc
+
+
+def _for_django(error: DatabaseError, cause: psycopg.Error) -> DatabaseError:
+    # The core's hint names the pgq-sync CLI; in a Django project the
+    # migration installs the schema.
+    if not isinstance(error, SchemaNotInstalledError):
+        return error
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return SchemaNotInstalledError(
+        f"{first}; is the queue schema installed? run 'manage.py migrate' "
+        "(and check PGQUEUE_SYNC['PREFIX'] / ['SCHEMA'])",
+        sqlstate=error.sqlstate,
+    )

@@ -5,27 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from pgqueue_sync import PgQueuer, SyncPsycopgPoolDriver
 from pgqueue_sync.contrib.django.conf import get_settings
 from pgqueue_sync.contrib.django.db import worker_connection_params
+from pgqueue_sync.contrib.django.pytest_plugin import truncate_queue_tables
 
-QUEUE_TABLES = ("queue_table", "queue_table_log", "statistics_table", "results_table")
+__all__ = ["drain_with_worker", "truncate_queue_tables", "worker_connect"]
 
 
 def worker_connect() -> psycopg.Connection[Any]:
     """An autocommit connection to the (test) database, outside Django."""
     return psycopg.connect(**worker_connection_params("default"), autocommit=True)
-
-
-def truncate_queue_tables() -> None:
-    """Empty the queue's tables (Django's flush skips unmanaged tables)."""
-    names = get_settings().db_settings
-    tables = sql.SQL(", ").join(names.ident(t) for t in QUEUE_TABLES)
-    with worker_connect() as conn:
-        conn.execute(sql.SQL("TRUNCATE {}").format(tables))
 
 
 def drain_with_worker(register: Any, **run_options: Any) -> PgQueuer:

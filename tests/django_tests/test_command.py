@@ -28,7 +28,6 @@ from pgqueue_sync.contrib.django.management.commands.pgq_sync import split_argv,
 from pgqueue_sync.contrib.django.worker import FACTORY_PATH
 
 from ..conftest import create_database, drop_database
-from .helpers import truncate_queue_tables
 from .shop.models import Order
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,29 +35,7 @@ SUBPROCESS_TIMEOUT = 60.0
 THREAD_EXIT_TIMEOUT = 10.0
 
 
-@pytest.fixture(autouse=True)
-def no_threads_left() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    for thread in set(threading.enumerate()) - before:
-        thread.join(THREAD_EXIT_TIMEOUT)
-    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
-    assert not left, f"threads left running: {left}"
 
-
-@pytest.fixture(autouse=True)
-def root_log_level() -> Iterator[None]:
-    level = logging.getLogger().level
-    yield
-    logging.getLogger().setLevel(level)
-
-
-@pytest.fixture
-def committed() -> Iterator[None]:
-    try:
-        yield
-    finally:
-        truncate_queue_tables()
 
 
 def with_settings(**changes: Any) -> Any:

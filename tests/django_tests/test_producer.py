@@ -23,7 +23,7 @@ from pgqueue_sync.contrib.django import (
 from pgqueue_sync.contrib.django.conf import get_settings
 from pgqueue_sync.errors import DuplicateJobError
 
-from .helpers import truncate_queue_tables, worker_connect
+from .helpers import worker_connect
 
 
 def _queue() -> sql.Identifier:
@@ -37,14 +37,6 @@ def _other_connection_sees(entrypoint: str) -> int:
         assert row is not None
         return int(row[0])
 
-
-@pytest.fixture
-def committed() -> Iterator[None]:
-    """For transaction=True tests: empty the queue tables afterwards."""
-    try:
-        yield
-    finally:
-        truncate_queue_tables()
 
 
 @pytest.fixture

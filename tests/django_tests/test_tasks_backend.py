@@ -31,16 +31,8 @@ from pgqueue_sync.contrib.django.backend import (
 from pgqueue_sync.contrib.django.conf import get_settings
 from pgqueue_sync.contrib.django.errors import DjangoConfigurationError
 
-from .helpers import drain_with_worker, truncate_queue_tables, worker_connect
+from .helpers import drain_with_worker, worker_connect
 from .shop import tasks
-
-
-@pytest.fixture
-def committed() -> Iterator[None]:
-    try:
-        yield
-    finally:
-        truncate_queue_tables()
 
 
 class Signals:

@@ -245,3 +245,23 @@ def test_no_backend_configured_is_a_clear_error() -> None:
             "BACKEND": TASKS_MODULE + ".backends.dummy.DummyBackend"}}):
         with pytest.raises(DjangoConfigurationError, match="--no-tasks"):
             register_task_entrypoints(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.django_db
+def test_an_installed_tracer_gets_its_headers_into_task_jobs() -> None:
+    from pgqueue_sync.contrib.django import DjangoDriver
+    from pgqueue_sync.tracing import set_tracing_class
+
+    from ..test_tracing import RecordingTracer
+
+    tracer = RecordingTracer()
+    set_tracing_class(tracer)
+    try:
+        result = tasks.add.enqueue(1, 2)
+    finally:
+        set_tracing_class(None)
+    query = sql.SQL("SELECT headers FROM {} WHERE id = %(id)s").format(
+        get_settings().db_settings.ident("queue_table"))
+    [row] = DjangoDriver().fetch(query, {"id": int(result.id)})
+    assert row["headers"] == {"trace": "t-django_tasks:default", "who": "tracer"}
+    assert tracer.published == [["django_tasks:default"]]

@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
-from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -215,22 +214,17 @@ class PgQueueSyncBackend(BaseTaskBackend):
     def _write(self, task: Any, record: TaskRecord) -> int:
         from . import producer
 
-        entrypoint = task_entrypoint(task.queue_name)
         run_after = _aware(task.run_after)
         alias = self.database_alias
         if producer.intercepting():
             # A test mode (capture or eager) answers instead of the database.
-            [job_id] = producer.enqueue(entrypoint, record.to_payload(), task.priority,
-                                        run_after, using=alias)
+            [job_id] = producer.enqueue(task_entrypoint(task.queue_name), record.to_payload(),
+                                        task.priority, run_after, using=alias)
             assert job_id is not None
             return job_id
-        queries = producer.get_queries(alias)
-        # savepoint=False: inside the caller's atomic() this only joins it;
-        # outside, Django commits both statements together.
-        with transaction.atomic(using=alias, savepoint=False):
-            [job_id] = queries.enqueue(entrypoint, record.to_payload(), task.priority, run_after)
-            self._store(alias).record_enqueued(job_id, entrypoint, record)
-        return job_id
+        store = self._store(alias)
+        return store.enqueue(record, run_after=run_after,
+                             headers=_traced_headers(store, record))
 
     # -- results ---------------------------------------------------------------------------
 
@@ -273,7 +267,7 @@ class PgQueueSyncBackend(BaseTaskBackend):
         from . import producer
 
         queries = producer.get_queries(alias)
-        return TaskStore(queries.driver, queries.settings)
+        return TaskStore(queries.driver, queries.settings, tracer=queries.tracer)
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -360,6 +354,16 @@ def register_task_entrypoints(pgq: PgQueuer, *, queues: Sequence[str] | None = N
                        concurrency_limit=limits.get(queue, 0))(django_task)
         names.append(name)
     return names
+
+
+def _traced_headers(store: TaskStore, record: TaskRecord) -> dict[str, Any] | None:
+    """The job headers an installed tracer adds (``None`` without one), as every enqueue does."""
+    from ...queries import _normalize_batch, _trace_publish
+
+    rows = _normalize_batch(task_entrypoint(record.queue_name), None, 0, None, None, None)
+    _trace_publish(store.tracer, rows)
+    headers: dict[str, Any] | None = rows["headers"][0].obj
+    return headers
 
 
 def _aware(value: datetime | None) -> datetime | None:

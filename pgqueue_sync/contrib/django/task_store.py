@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb
 
 from ...drivers.base import Driver
 from ...settings import DBSettings
+from ...tracing import TracingProtocol
 from ...types import JobId
 
 #: Entrypoints of task jobs are this prefix plus the task's queue name.
@@ -121,22 +122,42 @@ class TaskState:
 class TaskStore:
     """Writes and reads task state through a driver (one or two statements a call)."""
 
-    def __init__(self, driver: Driver, settings: DBSettings) -> None:
+    def __init__(
+        self, driver: Driver, settings: DBSettings, *, tracer: TracingProtocol | None = None
+    ) -> None:
         self.driver = driver
         self.settings = settings
+        self.tracer = tracer
         names = {
             "queue": settings.ident("queue_table"),
             "log": settings.ident("queue_table_log"),
             "results": settings.ident("results_table"),
         }
-        self._insert = sql.SQL(_INSERT).format(**names)
+        self._enqueue = sql.SQL(_ENQUEUE).format(**names)
         self._select = sql.SQL(_SELECT).format(**names)
 
-    def record_enqueued(self, job_id: JobId, entrypoint: str, record: TaskRecord) -> None:
-        """Write the results row of a just-enqueued task (``status='queued'``)."""
-        params = {"id": int(job_id), "entrypoint": entrypoint,
-                  "record": Jsonb({RECORD_KEY: record.to_json()})}
-        self.driver.execute(self._insert, params)
+    def enqueue(
+        self,
+        record: TaskRecord,
+        *,
+        run_after: datetime | None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> JobId:
+        """Insert the task's job, its ``queued`` log row and its results row; one statement.
+
+        Being one statement it needs no transaction of its own: inside the
+        caller's ``atomic()`` it joins it, outside it commits by itself.
+        """
+        params = {
+            "entrypoint": task_entrypoint(record.queue_name),
+            "priority": record.priority,
+            "at": run_after,
+            "payload": record.to_payload(),
+            "headers": Jsonb(dict(headers) if headers is not None else None),
+            "record": Jsonb({RECORD_KEY: record.to_json()}),
+        }
+        [row] = self.driver.fetch(self._enqueue, params)
+        return JobId(row["id"])
 
     def load(self, job_id: int) -> TaskState | None:
         """The state of task job ``job_id``, or ``None`` when there is no such task."""
@@ -146,10 +167,24 @@ class TaskStore:
         return _state(JobId(job_id), rows[0])
 
 
-_INSERT = """
-INSERT INTO {results} (job_id, entrypoint, status, result, created, finished, attempts)
-VALUES (%(id)s, %(entrypoint)s, 'queued', %(record)s, NOW(), NOW(), 0)
-ON CONFLICT (job_id) DO NOTHING
+# The queue row and its 'queued' log row as every enqueue writes them (the
+# trigger notifies the workers), plus the results row describing the task.
+_ENQUEUE = """
+WITH job AS (
+    INSERT INTO {queue} (priority, status, entrypoint, execute_after, payload, headers)
+    VALUES (%(priority)s, 'queued', %(entrypoint)s, COALESCE(%(at)s::timestamptz, NOW()),
+            %(payload)s, %(headers)s)
+    RETURNING id, entrypoint, priority
+),
+logged AS (
+    INSERT INTO {log} (job_id, status, entrypoint, priority)
+    SELECT id, 'queued', entrypoint, priority FROM job
+),
+described AS (
+    INSERT INTO {results} (job_id, entrypoint, status, result, created, finished, attempts)
+    SELECT id, entrypoint, 'queued', %(record)s, NOW(), NOW(), 0 FROM job
+)
+SELECT id FROM job
 """
 
 _SELECT = """

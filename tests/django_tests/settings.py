@@ -41,7 +41,13 @@ DATABASES = {
         "PASSWORD": _params.get("password", ""),
         "HOST": _params.get("host", ""),
         "PORT": _params.get("port", ""),
-        "OPTIONS": {"pool": True} if os.environ.get("PGQS_TEST_DJANGO_POOL") == "1" else {},
+        # PGQS_TEST_DJANGO_POOL=1 / PGQS_TEST_SERVER_BINDING=1: Django's own pool,
+        # server-side binding (the cursor class our driver then runs on).
+        "OPTIONS": {
+            **({"pool": True} if os.environ.get("PGQS_TEST_DJANGO_POOL") == "1" else {}),
+            **({"server_side_binding": True}
+               if os.environ.get("PGQS_TEST_SERVER_BINDING") == "1" else {}),
+        },
     },
 }
 

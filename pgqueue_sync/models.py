@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import RetryRequested
 from .types import (
     JOB_STATUS,
     Channel,
@@ -150,6 +151,28 @@ class TracebackRecord:
             traceback=value["traceback"],
             additional_context=value.get("additional_context"),
         )
+
+
+def failure_record(
+    job: Job, error: BaseException, queue_manager_id: uuid.UUID | str, **extra: Any
+) -> TracebackRecord:
+    """The log record of a job's failure or retry, as every worker of ours writes it.
+
+    ``additional_context`` names the entrypoint, the worker and the dotted
+    class path of the exception (of its cause, for a ``RetryRequested`` raised
+    from one), which readers such as the Django Tasks backend use; PgQueuer
+    ignores the keys. ``extra`` is added to it.
+    """
+    cause = error.__cause__ if isinstance(error, RetryRequested) else None
+    kind = type(cause or error)
+    context = {
+        "entrypoint": job.entrypoint,
+        "queue_manager_id": str(queue_manager_id),
+        "exception_class_path": f"{kind.__module__}.{kind.__qualname__}",
+    }
+    return TracebackRecord.from_exception(
+        error, job_id=job.id, additional_context={**context, **extra}
+    )
 
 
 @dataclasses.dataclass(frozen=True)

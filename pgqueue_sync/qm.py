@@ -33,7 +33,6 @@ from .errors import (
     DatabaseError,
     FailingListenerError,
     PgqException,
-    RetryRequested,
     SchemaError,
 )
 from .executors import (
@@ -51,6 +50,7 @@ from .models import (
     Job,
     TableChangedEvent,
     TracebackRecord,
+    failure_record,
 )
 from .queries import EntrypointExecutionParameter, Queries
 from .ratelimit import TokenBucket
@@ -695,17 +695,7 @@ class QueueManager:
         self._buffer.add(job, fallback, self._traceback(job, error), stored)
 
     def _traceback(self, job: Job, error: BaseException, **extra: Any) -> TracebackRecord:
-        # The dotted class path (of the cause, for a retry) lets readers such as
-        # the Django Tasks backend name the exception; PgQueuer ignores the key.
-        cause = error.__cause__ if isinstance(error, RetryRequested) else None
-        context = {
-            "entrypoint": job.entrypoint,
-            "queue_manager_id": str(self.queue_manager_id),
-            "exception_class_path": _class_path(cause or error),
-        }
-        return TracebackRecord.from_exception(
-            error, job_id=job.id, additional_context={**context, **extra}
-        )
+        return failure_record(job, error, self.queue_manager_id, **extra)
 
     def _on_written(self, jobs: list[Job]) -> None:
         self.jobs_logged += len(jobs)
@@ -874,8 +864,3 @@ class _SignalHandlers:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-def _class_path(error: BaseException) -> str:
-    kind = type(error)
-    return f"{kind.__module__}.{kind.__qualname__}"

@@ -131,17 +131,23 @@ def _dict_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
     return lambda values: dict(zip(names, values, strict=True))
 
 
-def connect(conninfo: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
+#: What :func:`connect`'s error tells the user to check, by default.
+CONNECT_HINT = "check --dsn / PGQUEUE_SYNC_DSN and that the server is running"
+
+
+def connect(
+    conninfo: str, *, autocommit: bool = True, hint: str = CONNECT_HINT, **kwargs: Any
+) -> psycopg.Connection[Any]:
     """Open a psycopg connection (autocommit by default), raising :class:`ConnectionFailed`.
 
-    The message names the target without its password.
+    The message names the target without its password, then ``hint``.
     """
     try:
         return psycopg.connect(conninfo, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL ({describe_conninfo(conninfo)}): {_brief(exc)}; "
-            "check --dsn / PGQUEUE_SYNC_DSN and that the server is running"
+            f"{hint}"
         ) from exc
 
 

@@ -22,6 +22,7 @@ execution.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from ...tracing import get_tracer, is_active, merge_publish_headers
 from ._compat import (
     BaseTaskBackend,
     InvalidTask,
@@ -54,6 +56,7 @@ from .task_store import (
 
 if TYPE_CHECKING:
     from ...applications import PgQueuer
+    from ...queries import Queries
 
 require_tasks()
 
@@ -70,6 +73,7 @@ DEFAULT_MAX_ATTEMPTS = 1
 DEFAULT_RETRY_DELAY = 1.0
 DEFAULT_RETRY_BACKOFF = 2.0
 DEFAULT_MAX_RETRY_DELAY = 300.0
+_stores: weakref.WeakKeyDictionary[Queries, TaskStore] = weakref.WeakKeyDictionary()
 _OPTIONS = ("DATABASE_ALIAS", "MAX_ATTEMPTS", "RETRY_DELAY", "RETRY_BACKOFF", "MAX_RETRY_DELAY",
             "QUEUE_CONCURRENCY")
 
@@ -267,7 +271,12 @@ class PgQueueSyncBackend(BaseTaskBackend):
         from . import producer
 
         queries = producer.get_queries(alias)
-        return TaskStore(queries.driver, queries.settings, tracer=queries.tracer)
+        # One store (its statements composed once) per shared Queries object.
+        store = _stores.get(queries)
+        if store is None:
+            store = _stores[queries] = TaskStore(queries.driver, queries.settings,
+                                                 tracer=queries.tracer)
+        return store
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -358,11 +367,10 @@ def register_task_entrypoints(pgq: PgQueuer, *, queues: Sequence[str] | None = N
 
 def _traced_headers(store: TaskStore, record: TaskRecord) -> dict[str, Any] | None:
     """The job headers an installed tracer adds (``None`` without one), as every enqueue does."""
-    from ...queries import _normalize_batch, _trace_publish
-
-    rows = _normalize_batch(task_entrypoint(record.queue_name), None, 0, None, None, None)
-    _trace_publish(store.tracer, rows)
-    headers: dict[str, Any] | None = rows["headers"][0].obj
+    tracer = get_tracer(store.tracer)
+    if not is_active(tracer):
+        return None
+    [headers] = merge_publish_headers(tracer, [task_entrypoint(record.queue_name)], [None])
     return headers
 
 

@@ -84,9 +84,14 @@ def worker_connection_params(alias: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
 
 def worker_conninfo(alias: str = DEFAULT_DB_ALIAS) -> str:
     """A libpq connection string for ``alias`` (holds the password: never print it)."""
-    params = worker_connection_params(alias)
-    params.pop("prepare_threshold", None)  # a psycopg keyword, not a libpq one
-    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+    return conninfo_of(worker_connection_params(alias))
+
+
+def conninfo_of(params: dict[str, Any]) -> str:
+    """The libpq connection string of ``psycopg.connect()`` keywords (password included)."""
+    # prepare_threshold is a psycopg keyword, not a libpq one.
+    usable = {k: v for k, v in params.items() if k != "prepare_threshold" and v is not None}
+    return make_conninfo("", **usable)
 
 
 class DjangoDriver:

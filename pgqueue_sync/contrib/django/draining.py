@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 from psycopg import pq, sql
 
 from ...cancellation import JobCancelled
-from ...errors import ConfigurationError, RetryRequested
+from ...errors import ConfigurationError
 from ...executors import retry_request
-from ...models import Job, TracebackRecord
+from ...models import Job, TracebackRecord, failure_record
 from ...options import BATCH_SIZE, HEARTBEAT_TIMEOUT
 from ...results import StoredResult, encode_result
 from ...types import JOB_STATUS, JobId
@@ -205,17 +205,7 @@ class _Drainer:
         return status
 
     def _traceback(self, job: Job, error: BaseException, **extra: Any) -> TracebackRecord:
-        # As the worker writes it: the class path (of the cause, for a retry)
-        # lets the Django Tasks backend name the exception.
-        cause = error.__cause__ if isinstance(error, RetryRequested) else None
-        kind = type(cause or error)
-        context = {
-            "entrypoint": job.entrypoint,
-            "queue_manager_id": str(self.worker_id),
-            "exception_class_path": f"{kind.__module__}.{kind.__qualname__}",
-        }
-        return TracebackRecord.from_exception(error, job_id=job.id,
-                                              additional_context={**context, **extra})
+        return failure_record(job, error, self.worker_id, **extra)
 
     def _in_atomic(self) -> bool:
         from django.db import connections

@@ -18,11 +18,12 @@ failing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ...errors import ConfigurationError
@@ -111,16 +112,23 @@ def with_django_hygiene(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from django.db import close_old_connections, reset_queries
-
-        close_old_connections()
-        try:
+        with connection_hygiene():
             return func(*args, **kwargs)
-        finally:
-            reset_queries()
-            close_old_connections()
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def connection_hygiene() -> Iterator[None]:
+    """Close this thread's stale Django connections around a job, as around a request."""
+    from django.db import close_old_connections, reset_queries
+
+    close_old_connections()
+    try:
+        yield
+    finally:
+        reset_queries()
+        close_old_connections()
 
 
 def _check_free(existing: Declaration | None, new: Declaration, what: str) -> None:

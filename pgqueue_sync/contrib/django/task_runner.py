@@ -22,7 +22,6 @@ import logging
 import traceback
 from typing import Any
 
-from django.db import close_old_connections, reset_queries
 from django.utils import timezone
 
 from ...cancellation import Context
@@ -39,6 +38,7 @@ from ._compat import (
     task_finished,
     task_started,
 )
+from .registry import connection_hygiene
 from .task_store import RECORD_KEY, RETURN_KEY, TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -54,12 +54,8 @@ class DjangoTaskExecutor(AbstractEntrypointExecutor):
 
     def execute(self, job: Job, context: Context) -> Any:
         """Run the job's task; returns what the results table keeps (record and value)."""
-        close_old_connections()
-        try:
+        with connection_hygiene():
             return run_task_job(job)
-        finally:
-            reset_queries()
-            close_old_connections()
 
 
 def run_task_job(job: Job) -> dict[str, Any]:

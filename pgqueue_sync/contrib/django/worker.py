@@ -24,17 +24,15 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import psycopg
-from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...applications import PgQueuer
-from ...drivers import SyncPsycopgPoolDriver, describe_conninfo
+from ...drivers import SyncPsycopgPoolDriver, connect, describe_conninfo
 from ...errors import ConnectionFailed
 from ...options import CONCURRENCY
 from . import registry
 from .conf import SETTING, DjangoQueueSettings, get_settings
-from .db import worker_connection_params
+from .db import conninfo_of, worker_connection_params
 from .errors import DjangoConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -197,20 +195,13 @@ def open_pool(
 def _probe(params: dict[str, Any], timeout: float) -> None:
     # One direct connection first: the pool would retry a missing database or
     # a refused connection until its timeout, and then not say why.
-    try:
-        psycopg.connect(**{"connect_timeout": max(2, int(timeout)), **params}).close()
-    except psycopg.Error as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(exc).__name__
-        raise ConnectionFailed(
-            f"the worker cannot connect to PostgreSQL ({_describe(params)}): {reason}"
-        ) from exc
+    hint = f"check DATABASES[{get_settings().database_alias!r}] and that the server is running"
+    connect(conninfo_of(params), hint=hint, connect_timeout=max(2, int(timeout))).close()
 
 
 def _describe(params: dict[str, Any]) -> str:
     """``host:port/dbname`` of connection keywords (never the password)."""
-    usable = {k: v for k, v in params.items() if k != "prepare_threshold" and v is not None}
-    return describe_conninfo(make_conninfo("", **usable))
+    return describe_conninfo(conninfo_of(params))
 
 
 def register_all(pgq: PgQueuer, options: argparse.Namespace) -> None:

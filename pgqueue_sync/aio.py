@@ -23,14 +23,36 @@ LOOP_START_TIMEOUT = 10.0
 LOOP_STOP_TIMEOUT = 10.0
 
 
+class EscapedBaseException(Exception):  # noqa: N818 - it wraps, it is not an error kind
+    """Carries a ``SystemExit``/``KeyboardInterrupt`` (or other ``BaseException``)
+    raised by a coroutine started with :meth:`EventLoopThread.spawn`.
+
+    asyncio re-raises those out of the loop, which would stop it for every task;
+    spawned coroutines raise this instead, with the original as :attr:`original`.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__} raised in a coroutine")
+        self.original = original
+
+
 class EventLoopThread:
     """A named daemon thread running an asyncio loop; a context manager.
 
     Thread-safe: :meth:`submit` may be called from any thread but the loop's own.
+    ``on_crash(error)`` runs (on the loop thread) if the loop stops without
+    :meth:`close` having been called.
     """
 
-    def __init__(self, name: str = "pgqueue_sync-event-loop") -> None:
+    def __init__(
+        self,
+        name: str = "pgqueue_sync-event-loop",
+        *,
+        on_crash: Callable[[BaseException | None], object] | None = None,
+    ) -> None:
         self.name = name
+        self._on_crash = on_crash
+        self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready: concurrent.futures.Future[asyncio.AbstractEventLoop] | None = None
@@ -50,11 +72,23 @@ class EventLoopThread:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._ready.set_result(loop)
+        crash: BaseException | None = None
         try:
             loop.run_forever()
+        except BaseException as exc:  # reported below, the thread ends either way
+            crash = exc
         finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            except BaseException:
+                logger.debug("could not shut down async generators", exc_info=True)
             loop.close()
+            if not self._closing and self._on_crash is not None:
+                self._on_crash(crash)
+
+    def is_alive(self) -> bool:
+        """True while the loop's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; returns at once with its future.
@@ -82,7 +116,7 @@ class EventLoopThread:
         tasks: list[asyncio.Task[T]] = []
 
         def start() -> None:
-            task = loop.create_task(coro)
+            task = loop.create_task(_contained(coro))
             task.add_done_callback(on_done)
             tasks.append(task)
 
@@ -106,6 +140,7 @@ class EventLoopThread:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        self._closing = True
         if loop.is_running():
             loop.call_soon_threadsafe(_cancel_all_and_stop, loop)
         thread.join(timeout)
@@ -123,6 +158,15 @@ class EventLoopThread:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _contained(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await coro
+    except (asyncio.CancelledError, Exception):
+        raise
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: the task's, not the loop's
+        raise EscapedBaseException(exc) from exc
 
 
 def _cancel_all_and_stop(loop: asyncio.AbstractEventLoop) -> None:

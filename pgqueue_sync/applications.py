@@ -163,6 +163,7 @@ class PgQueuer:
         log_aggregation_interval: timedelta | float | None = timedelta(seconds=30),
         concurrency: int | None = None,
         shutdown_timeout: timedelta | float | None = None,
+        wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
     ) -> None:
         """Run the worker and the scheduler until shut down; see :meth:`QueueManager.run`.
 
@@ -183,6 +184,7 @@ class PgQueuer:
             "log_aggregation_interval": log_aggregation_interval,
             "concurrency": concurrency,
             "shutdown_timeout": shutdown_timeout,
+            "wait_for_database": wait_for_database,
         }
         if not self.sm.registry:
             self.qm.run(**worker_options)

@@ -1,8 +1,15 @@
-"""Batched writes off the handler threads: job outcomes, retries and heartbeats.
+"""Batched writes off the handler threads: job outcomes (retries included) and heartbeats.
 
-Each buffer owns one named thread. Writes that fail stay in memory and are
-retried on the next tick, so a database blip delays bookkeeping but never
-drops an outcome.
+Each buffer owns one named thread. The rules that keep a job from being lost:
+
+* an outcome or retry stays in memory until a write of it succeeds; a write
+  that fails for any reason but the row's own content is kept and retried
+  (with backoff), never turned into a different outcome;
+* the worker's writes are guarded (only rows still ``picked`` by this worker
+  change), so re-sending a batch whose reply was lost changes nothing;
+* a batch the database refuses for its content is split until the one bad
+  outcome is found, which is then recorded without its details: one poison
+  outcome never blocks the others (or the claims they ride on).
 """
 
 from __future__ import annotations
@@ -11,15 +18,15 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from .errors import PgqException
+from .errors import DatabaseError
 from .models import Job, TracebackRecord
 from .results import StoredResult
 from .threads import Ticker
-from .types import JOB_STATUS, JobId
+from .types import JOB_STATUS, JobId, QueueManagerId
 
 logger = logging.getLogger(__name__)
 
@@ -28,71 +35,116 @@ COMPLETION_FLUSH_INTERVAL = 0.1
 #: Attempts to flush what is left at shutdown.
 SHUTDOWN_FLUSH_ATTEMPTS = 5
 SHUTDOWN_RETRY_DELAY = 0.2
+#: SQLSTATE classes meaning "the server refused this row's values" (data
+#: exception, program limit such as an oversized index row): only these make
+#: the buffer look for the offending outcome and record it without details.
+CONTENT_REJECTED_CLASSES = frozenset({"22", "54"})
 
 
 class _Writer(Protocol):
     def log_jobs(
         self,
-        job_status: list[tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]],
+        job_status: Iterable[tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]],
         *,
         results: Sequence[StoredResult] = ...,
+        retries: Sequence[tuple[Job | JobId | int, timedelta, TracebackRecord | None]] = ...,
+        queue_manager_id: QueueManagerId | None = ...,
     ) -> list[JobId]: ...
 
-    def retry_job(
-        self, job: Job | JobId | int, delay: timedelta, traceback_record: TracebackRecord | None
-    ) -> bool: ...
+    def update_heartbeat(
+        self, job_ids: Iterable[int], *, queue_manager_id: QueueManagerId | None = ...
+    ) -> None: ...
 
-    def update_heartbeat(self, job_ids: list[int]) -> None: ...
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """One job's outcome to record: a final status, or a retry (``status == "queued"``
+    with ``delay``), with its log record and (opt-in) stored result."""
+
+    job: Job
+    status: JOB_STATUS
+    record: TracebackRecord | None = None
+    result: StoredResult | None = None
+    delay: timedelta | None = None
+
+    @property
+    def is_retry(self) -> bool:
+        """True for a retry."""
+        return self.status == "queued"
+
+    def without_details(self, reason: str) -> Finished | None:
+        """The same outcome with a minimal record and no result, or ``None`` when
+        there is nothing left to drop."""
+        if self.result is None and (self.record is None or self.record.traceback == ""):
+            return None
+        record = None if self.record is None else dataclasses.replace(
+            self.record,
+            exception_message=f"(not stored: the database refused the details: {reason})",
+            traceback="",
+            additional_context=None,
+        )
+        return dataclasses.replace(self, record=record, result=None)
 
 
 @dataclasses.dataclass
-class Retry:
-    """A retry to write now; ``fallback`` is the outcome if the write fails
-    (with a result row when ``store_result``)."""
+class Batch:
+    """Outcomes taken from the buffer to write in one statement."""
 
-    job: Job
-    delay: timedelta
-    record: TracebackRecord
-    fallback: JOB_STATUS
-    store_result: bool = False
+    items: list[Finished] = dataclasses.field(default_factory=list)
 
+    def __bool__(self) -> bool:
+        return bool(self.items)
 
-Outcome = tuple[Job, JOB_STATUS, TracebackRecord | None]
+    @property
+    def outcomes(self) -> list[tuple[Job, JOB_STATUS, TracebackRecord | None]]:
+        """Final outcomes, as ``log_jobs`` takes them."""
+        return [(f.job, f.status, f.record) for f in self.items if not f.is_retry]
 
+    @property
+    def retries(self) -> list[tuple[Job, timedelta, TracebackRecord | None]]:
+        """Retries, as ``log_jobs`` takes them."""
+        return [(f.job, f.delay or timedelta(0), f.record) for f in self.items if f.is_retry]
 
-class Batch(NamedTuple):
-    """Outcomes taken from the buffer, and the results of those jobs that store one."""
+    @property
+    def results(self) -> list[StoredResult]:
+        """Results of the jobs that store one."""
+        return [f.result for f in self.items if f.result is not None]
 
-    outcomes: list[Outcome]
-    results: list[StoredResult]
+    @property
+    def jobs(self) -> list[Job]:
+        """Every job in the batch."""
+        return [f.job for f in self.items]
 
 
 class CompletionBuffer:
-    """Collects job outcomes and writes them with ``log_jobs`` in batches.
+    """Collects this worker's job outcomes and retries and writes them in batches.
 
-    Flushes every ~100 ms, or at once when ``max_size`` outcomes wait or a
-    retry is queued (retries are written immediately, never held back).
-    :meth:`add` and :meth:`add_retry` are thread-safe and never block on I/O.
+    Flushes every ~100 ms, at once when ``max_size`` outcomes wait or a retry
+    is queued; the dispatcher may also :meth:`take` a batch to send with its
+    next claim. :meth:`add` is thread-safe and never blocks on I/O.
+    ``on_written(jobs)`` runs after each successful write (the worker stops
+    heartbeating those jobs then, not before).
     """
 
     def __init__(
         self,
         writer: _Writer,
         *,
+        owner: QueueManagerId,
         max_size: int,
         name: str = "pgqueue_sync-flusher",
         on_written: Callable[[list[Job]], None] = lambda jobs: None,
     ) -> None:
         self._writer = writer
+        self._owner = owner
         self._max_size = max_size
         self._on_written = on_written
         self._lock = threading.Lock()
-        self._outcomes: list[Outcome] = []
-        # Results travel beside their outcomes and are written in the same
-        # statement; empty unless some entrypoint stores results.
-        self._results: list[StoredResult] = []
-        self._retries: list[Retry] = []
+        self._items: list[Finished] = []
         self._writing = 0
+        # Set when a piggybacked batch was refused for its content: the flusher
+        # must isolate the bad outcome before outcomes ride on claims again.
+        self._isolate = False
         # Serialises flushes from the ticker and from stop() on another thread.
         self._flush_lock = threading.Lock()
         self._ticker = Ticker(self.flush, COMPLETION_FLUSH_INTERVAL, name=name)
@@ -101,92 +153,112 @@ class CompletionBuffer:
         """Start the flush thread."""
         self._ticker.start()
 
-    def add(
-        self,
-        job: Job,
-        status: JOB_STATUS,
-        record: TracebackRecord | None,
-        result: StoredResult | None = None,
-    ) -> None:
-        """Queue an outcome (and the job's result, if it stores one) for the next write."""
+    def add(self, finished: Finished) -> None:
+        """Queue an outcome or retry for the next write."""
         with self._lock:
-            self._outcomes.append((job, status, record))
-            if result is not None:
-                self._results.append(result)
-            full = len(self._outcomes) >= self._max_size
-        if full:
+            self._items.append(finished)
+            urgent = finished.is_retry or len(self._items) >= self._max_size
+        if urgent:  # a retry's row would otherwise wait, picked, for the next claim
             self._ticker.wake()
 
-    def add_retry(self, retry: Retry) -> None:
-        """Queue a retry and write it right away."""
-        with self._lock:
-            self._retries.append(retry)
-        self._ticker.wake()
-
     def take(self) -> Batch:
-        """Remove and return the queued outcomes (and results), for a caller that
-        writes them itself (the dispatcher piggybacks them on its next claim).
-        Pair with :meth:`restore` on failure and :meth:`written` on success."""
+        """Remove and return the queued outcomes, for a caller that writes them itself
+        (the dispatcher sends them with its next claim). Pair with :meth:`restore`
+        on failure and :meth:`written` on success."""
         with self._lock:
-            outcomes, self._outcomes = self._outcomes, []
-            results, self._results = self._results, []
-            return Batch(outcomes, results)
+            if self._isolate:
+                return Batch()
+            items, self._items = self._items, []
+            return Batch(items)
 
-    def restore(self, batch: Batch) -> None:
-        """Put back a batch that :meth:`take` returned but could not be written."""
-        if batch.outcomes:
-            with self._lock:
-                self._outcomes[:0] = batch.outcomes
-                self._results[:0] = batch.results
+    def restore(self, batch: Batch, *, isolate: bool = False) -> None:
+        """Put back a batch that :meth:`take` returned but could not be written;
+        ``isolate``: it was refused for its content, so only the flusher (which
+        finds the bad outcome) may write outcomes until it has succeeded."""
+        with self._lock:
+            self._items[:0] = batch.items
+            self._isolate = self._isolate or isolate
+        if isolate:
+            self._ticker.wake()
 
     def written(self, batch: Batch) -> None:
         """Report a batch from :meth:`take` as written."""
-        if batch.outcomes:
-            self._on_written([job for job, _, _ in batch.outcomes])
+        if batch:
+            self._on_written(batch.jobs)
 
     def pending(self) -> int:
-        """Outcomes and retries not yet written, counting those being written now."""
+        """Outcomes not yet written, counting those being written now."""
         with self._lock:
-            return len(self._outcomes) + len(self._retries) + self._writing
+            return len(self._items) + self._writing
+
+    @property
+    def last_error(self) -> Exception | None:
+        """What the flusher's last write raised; ``None`` once one succeeds."""
+        return self._ticker.last_error
 
     def flush(self) -> None:
-        """Write everything queued; on failure keep it for the next attempt and raise."""
+        """Write everything queued; on failure keep what is unwritten and raise."""
         with self._flush_lock:
             with self._lock:
-                retries, self._retries = self._retries, []
-                outcomes, self._outcomes = self._outcomes, []
-                results, self._results = self._results, []
-                self._writing = len(retries) + len(outcomes)
+                items, self._items = self._items, []
+                self._writing = len(items)
             try:
-                for retry in retries:
-                    self._write_retry(retry)
-                if outcomes:
-                    self._write_outcomes(Batch(outcomes, results))
+                if items:
+                    self._write_isolating(items)
+                with self._lock:
+                    self._isolate = False
             finally:
                 with self._lock:
                     self._writing = 0
 
-    def _write_outcomes(self, batch: Batch) -> None:
-        try:
-            if batch.results:
-                self._writer.log_jobs(list(batch.outcomes), results=batch.results)
+    def _write_isolating(self, items: list[Finished]) -> None:
+        # Chunks still to write, in order; a chunk refused for its content is
+        # halved until the offending outcome stands alone.
+        chunks = [items]
+        while chunks:
+            chunk = chunks.pop(0)
+            try:
+                self._send(chunk)
+            except DatabaseError as exc:
+                retry_as = self._after_refusal(chunk, exc)
+                if retry_as is None:
+                    self._put_back([f for c in [chunk, *chunks] for f in c])
+                    raise
+                chunks[:0] = retry_as
+            except BaseException:
+                self._put_back([f for c in [chunk, *chunks] for f in c])
+                raise
             else:
-                self._writer.log_jobs(list(batch.outcomes))
-        except PgqException:
-            self.restore(batch)
-            raise
-        self._on_written([job for job, _, _ in batch.outcomes])
+                self._on_written([f.job for f in chunk])
 
-    def _write_retry(self, retry: Retry) -> None:
-        try:
-            self._writer.retry_job(retry.job, retry.delay, retry.record)
-        except PgqException:
-            # As in PgQueuer: a retry that cannot be written is a failure.
-            logger.warning("retry of job %d could not be written; recording failure", retry.job.id)
-            stored = StoredResult(retry.job) if retry.store_result else None
-            self.add(retry.job, retry.fallback, retry.record, stored)
-            return
-        self._on_written([retry.job])
+    def _after_refusal(
+        self, chunk: list[Finished], exc: DatabaseError
+    ) -> list[list[Finished]] | None:
+        """How to retry a chunk the database refused, or ``None`` to keep it for later."""
+        if exc.transient or (exc.sqlstate or "")[:2] not in CONTENT_REJECTED_CLASSES:
+            return None
+        if len(chunk) > 1:
+            middle = len(chunk) // 2
+            return [chunk[:middle], chunk[middle:]]
+        bare = chunk[0].without_details(exc.sqlstate or "refused")
+        if bare is None:
+            return None
+        logger.error(
+            "the database refused the outcome of job %d (%s); recording it without its "
+            "traceback and result", chunk[0].job.id, exc,
+        )
+        return [[bare]]
+
+    def _send(self, chunk: list[Finished]) -> None:
+        batch = Batch(chunk)
+        self._writer.log_jobs(
+            batch.outcomes, results=batch.results, retries=batch.retries,
+            queue_manager_id=self._owner,
+        )
+
+    def _put_back(self, items: list[Finished]) -> None:
+        with self._lock:
+            self._items[:0] = items
 
     def stop(self) -> bool:
         """Stop the thread and flush what is left (a few attempts). True if nothing is lost."""
@@ -195,21 +267,23 @@ class CompletionBuffer:
             try:
                 self.flush()
                 return True
-            except PgqException as exc:
+            except Exception as exc:
                 logger.warning("final flush attempt %d failed: %s", attempt + 1, exc)
                 time.sleep(SHUTDOWN_RETRY_DELAY)
-        logger.error("%d job outcomes could not be written at shutdown", self.pending())
+        logger.error("%d job outcomes could not be written at shutdown; their jobs are "
+                     "re-run once their heartbeat is stale", self.pending())
         return False
 
 
 class Heartbeats:
-    """Keeps running jobs alive from its own thread: each job's heartbeat is written
-    every ``period`` (half its stale timeout), in batches flushed every
+    """Keeps this worker's jobs alive from its own thread: each job's heartbeat is
+    written every ``period`` (half its stale timeout), in batches flushed every
     ``tick`` seconds (± 20 %).
 
     ``running()`` returns a snapshot ``{job_id: (claimed_at, period)}`` with
-    ``time.monotonic()`` claim times; reading a snapshot each tick keeps the
-    per-job cost of the hot path at zero. A failed write is retried next tick.
+    ``time.monotonic()`` claim times: every job claimed and not yet recorded
+    (a finished job whose outcome waits to be written keeps beating). A failed
+    write is retried with backoff. Writes are guarded by ``owner``.
     """
 
     def __init__(
@@ -217,11 +291,13 @@ class Heartbeats:
         writer: _Writer,
         running: Callable[[], dict[int, tuple[float, float]]],
         *,
+        owner: QueueManagerId,
         tick: float,
         name: str = "pgqueue_sync-heartbeat",
     ) -> None:
         self._writer = writer
         self._running = running
+        self._owner = owner
         self._last: dict[int, float] = {}
         self._ticker = Ticker(self.flush, tick, name=name)
 
@@ -244,7 +320,7 @@ class Heartbeats:
             if self._last.get(job_id, claimed_at) + period <= now
         ]
         if due:
-            self._writer.update_heartbeat(due)
+            self._writer.update_heartbeat(due, queue_manager_id=self._owner)
             self._last.update(dict.fromkeys(due, now))
 
     def stop(self) -> None:

@@ -18,16 +18,58 @@ class ConfigurationError(PgqException, ValueError):
     """A setting or argument is invalid; the message says what to change."""
 
 
+#: SQLSTATE classes and codes of errors that may go away by themselves: a lost or
+#: refused connection (08, 57P0x), a broken deadlock or serialization conflict
+#: (40), exhausted resources (53), a lock timeout (55P03), a cancelled statement
+#: (57014) and system errors (58). Everything else (a missing table, a missing
+#: grant, a value the server refuses) needs someone to change something.
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "58"})
+TRANSIENT_SQLSTATES = frozenset({"55P03", "57014", "57P01", "57P02", "57P03", "57P05"})
+
+
+def is_transient_sqlstate(sqlstate: str | None) -> bool:
+    """Whether an error with this SQLSTATE is worth retrying unchanged."""
+    if not sqlstate:
+        return False
+    return sqlstate in TRANSIENT_SQLSTATES or sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES
+
+
 class DatabaseError(PgqException):
-    """The database reported an error; the psycopg error is the ``__cause__``."""
+    """The database reported an error; the psycopg error is the ``__cause__``.
+
+    :attr:`transient` says whether the same statement may succeed if sent
+    again later (see :data:`TRANSIENT_SQLSTATE_CLASSES`); workers retry
+    transient errors with backoff and stop a drain-mode run on the others.
+    """
 
     def __init__(self, message: str | None = None, *, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
 
+    @property
+    def transient(self) -> bool:
+        """True when retrying unchanged may succeed (a connection or contention problem)."""
+        return is_transient_sqlstate(self.sqlstate)
+
 
 class ConnectionFailed(DatabaseError):
-    """The database connection could not be opened or was lost."""
+    """The database connection could not be opened or was lost.
+
+    Transient, except when the server refused the login itself (wrong
+    password, unknown database or role: SQLSTATE classes 28 and 3D) or when
+    ``permanent`` says the driver cannot reconnect.
+    """
+
+    def __init__(
+        self, message: str | None = None, *, sqlstate: str | None = None, permanent: bool = False
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate)
+        self.permanent = permanent
+
+    @property
+    def transient(self) -> bool:
+        """False only for a refused login or a driver that cannot reconnect."""
+        return not self.permanent and (self.sqlstate or "")[:2] not in ("28", "3D")
 
 
 class UniqueViolation(DatabaseError):

@@ -64,11 +64,13 @@ from .models import (
     dump_event,
     utc_now,
 )
+from .options import HEARTBEAT_TIMEOUT
 from .queries import (
     EntrypointExecutionParameter,
     ExecuteAfter,
     Headers,
     JobOutcome,
+    JobRetry,
     PollState,
     _check_conflict_mode,
     _ids,
@@ -78,6 +80,7 @@ from .queries import (
     _outcome_params,
     _schedule_params,
     _stale_after_of,
+    _stale_timeouts,
     _trace_publish,
 )
 from .settings import DBSettings, db_settings
@@ -189,7 +192,9 @@ class _Statement:
         entry = _LogRow(log_id, self.now, row.id, status, row.priority, row.entrypoint, traceback)
         self.db.log_rows.append(entry)
 
-    def table_changed(self, operation: Literal["insert", "delete", "truncate"]) -> None:
+    def table_changed(
+        self, operation: Literal["insert", "update", "delete", "truncate"]
+    ) -> None:
         # The statement-level trigger: one event per INSERT/DELETE/TRUNCATE statement,
         # however many rows it touched (zero included), spelled as json_build_object does.
         data = {
@@ -441,6 +446,7 @@ class InMemoryQueries:
         *,
         completed: Sequence[JobOutcome] = (),
         results: Sequence[StoredResult] = (),
+        retries: Sequence[JobRetry] = (),
     ) -> list[Job]:
         """Claim up to ``batch_size`` jobs; see :meth:`Queries.dequeue`.
 
@@ -452,7 +458,7 @@ class InMemoryQueries:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
         _no_results(results)
         if not entrypoints:
-            self.log_jobs(completed)
+            self.log_jobs(completed, retries=retries, queue_manager_id=queue_manager_id)
             return []
         registered = {
             name: _Registered(
@@ -460,12 +466,12 @@ class InMemoryQueries:
             )
             for name, param in entrypoints.items()
         }
-        finish = _outcome_params(completed)
+        finish = _outcome_params(completed, retries)
         budget = global_concurrency_limit or None
         with self._statement() as s:
             plan = _plan_claim(s, registered, batch_size, queue_manager_id, budget)
             if finish:
-                _finish(s, finish)
+                _finish(s, finish, queue_manager_id)
             # A row also finished by this call keeps its finished state.
             finished = set(finish.get("ids", ()))
             claimed = [
@@ -476,38 +482,36 @@ class InMemoryQueries:
     # -- completion ------------------------------------------------------------------------
 
     def log_jobs(
-        self, job_status: Iterable[JobOutcome], *, results: Sequence[StoredResult] = ()
+        self,
+        job_status: Iterable[JobOutcome],
+        *,
+        results: Sequence[StoredResult] = (),
+        retries: Sequence[JobRetry] = (),
+        queue_manager_id: QueueManagerId | uuid.UUID | None = None,
     ) -> list[JobId]:
-        """Delete (or hold ``failed``) and log; jobs already gone are skipped unlogged.
+        """Delete (or hold ``failed``), retry and log; see :meth:`Queries.log_jobs`.
 
         Storing ``results`` is not supported here (ConfigurationError).
         """
         _no_results(results)
-        params = _outcome_params(job_status)
+        params = _outcome_params(job_status, retries)
         if not params:
             return []
         with self._statement() as s:
-            return _finish(s, params)
+            return _finish(s, params, queue_manager_id)
 
     def retry_job(
         self,
         job: Job | JobId | int,
         delay: timedelta,
         traceback_record: TracebackRecord | None = None,
+        *,
+        queue_manager_id: QueueManagerId | uuid.UUID | None = None,
     ) -> bool:
         """Re-queue one job after ``delay`` with ``attempts + 1``; False if the row is gone."""
-        job_id = int(job.id if isinstance(job, Job) else job)
-        record = _json_copy(traceback_record.to_json()) if traceback_record else None
-        with self._statement() as s:
-            row = s.db.jobs.get(job_id)
-            if row is None:
-                return False
-            s.reactivate([row])
-            row.status, row.execute_after = "queued", s.now + delay
-            row.attempts += 1
-            row.updated, row.queue_manager_id = s.now, None
-            s.log(row, "queued", record)
-        return True
+        logged = self.log_jobs((), retries=[(job, delay, traceback_record)],
+                               queue_manager_id=queue_manager_id)
+        return bool(logged)
 
     def release_jobs(
         self,
@@ -530,6 +534,8 @@ class InMemoryQueries:
                 row.queue_manager_id = None
                 s.log(row, "queued", record)
                 released.append(JobId(job_id))
+            if released:
+                s.table_changed("update")
         return released
 
     def requeue_jobs(self, ids: Iterable[int]) -> list[JobId]:
@@ -547,6 +553,8 @@ class InMemoryQueries:
                 row.status, row.execute_after, row.updated = "queued", s.now, s.now
                 row.attempts, row.queue_manager_id = 0, None
                 s.log(row, "queued")
+            if rows:
+                s.table_changed("update")
         return [JobId(r.id) for r in rows]
 
     def list_failed_jobs(
@@ -592,14 +600,22 @@ class InMemoryQueries:
             event = HealthCheckEvent(self.settings.channel, s.now, probe, received_at=s.now)
             s.payloads.append(dump_event(event))
 
-    def update_heartbeat(self, job_ids: Iterable[int]) -> None:
-        """Set ``heartbeat = NOW()`` for the given job ids (no status guard)."""
+    def update_heartbeat(
+        self,
+        job_ids: Iterable[int],
+        *,
+        queue_manager_id: QueueManagerId | uuid.UUID | None = None,
+    ) -> None:
+        """Set ``heartbeat = NOW()`` for the given job ids; with ``queue_manager_id``
+        only for rows still picked by that worker."""
         ids = set(_ids(job_ids))
         if not ids:
             return
         with self._statement() as s:
             for job_id in ids & s.db.jobs.keys():
-                s.db.jobs[job_id].heartbeat = s.now
+                row = s.db.jobs[job_id]
+                if _guard_passes(row, queue_manager_id):
+                    row.heartbeat = s.now
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -644,15 +660,29 @@ class InMemoryQueries:
                 1 for r in _queued(s, names) if not eligible_only or r.execute_after <= s.now
             )
 
-    def poll_state(self, entrypoints: Iterable[str]) -> PollState:
-        """Eligible work now? Delay to the next deferred job? Anything queued at all?"""
-        names = set(entrypoints)
+    def poll_state(
+        self,
+        entrypoints: Iterable[str] | Mapping[str, EntrypointExecutionParameter | int],
+        heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT,
+    ) -> PollState:
+        """Eligible work now? Delay to the next deferred job? Anything queued at all?
+        When does the next picked job go stale?"""
+        names, stale = _stale_timeouts(entrypoints)
+        timeouts = {
+            n: heartbeat_timeout if t is None else t for n, t in zip(names, stale, strict=True)
+        }
         with self._statement() as s:
-            rows = list(_queued(s, names))
+            rows = list(_queued(s, set(names)))
+            deadlines = [
+                r.heartbeat + timeouts[r.entrypoint]
+                for r in s.db.jobs.values()
+                if r.status == "picked" and r.entrypoint in timeouts
+            ]
             return PollState(
                 eligible=any(r.execute_after <= s.now for r in rows),
                 eta=_eta(rows, s.now),
                 queued=bool(rows),
+                stale_eta=min(deadlines) - s.now if deadlines else None,
             )
 
     def next_deferred_eta(self, entrypoints: Iterable[str]) -> timedelta | None:
@@ -818,7 +848,8 @@ def _plan_claim(
 
 def _claimable(s: _Statement, rows: Iterable[_JobRow], name: str) -> list[_JobRow]:
     found = [
-        r for r in rows if r.entrypoint == name and r.status == "queued" and r.execute_after < s.now
+        r for r in rows
+        if r.entrypoint == name and r.status == "queued" and r.execute_after <= s.now
     ]
     return sorted(found, key=_JobRow.order)
 
@@ -863,7 +894,7 @@ def _stale(
         if r.status == "picked"
         and r.entrypoint in registered
         and r.heartbeat < s.now - registered[r.entrypoint].stale_after
-        and r.execute_after < s.now
+        and r.execute_after <= s.now
     ]
     return [_Claim(r, "stale") for r in sorted(found, key=_JobRow.order)[:batch]]
 
@@ -904,30 +935,49 @@ def _no_results(results: Sequence[StoredResult]) -> None:
         )
 
 
-def _finish(s: _Statement, params: Mapping[str, list[Any]]) -> list[JobId]:
-    """The completion write: delete (or hold ``failed``) and log rows that still exist."""
-    done: dict[int, tuple[JOB_STATUS, Any]] = {}
-    for job_id, status, record in zip(
-        params["ids"], params["statuses"], params["tracebacks"], strict=True
+def _finish(
+    s: _Statement,
+    params: Mapping[str, list[Any]],
+    queue_manager_id: QueueManagerId | uuid.UUID | None = None,
+) -> list[JobId]:
+    """The completion write: delete, hold ``failed`` or retry (``queued``) and log rows
+    that still exist (with ``queue_manager_id``: still picked by that worker)."""
+    done: dict[int, tuple[JOB_STATUS, Any, timedelta | None]] = {}
+    for job_id, status, record, delay in zip(
+        params["ids"], params["statuses"], params["tracebacks"], params["delays"], strict=True
     ):
         stored = None if record is None else _json_copy(record.obj)
-        done.setdefault(job_id, (cast("JOB_STATUS", status), stored))
+        done.setdefault(job_id, (cast("JOB_STATUS", status), stored, delay))
     removed: list[tuple[_JobRow, JOB_STATUS, Any]] = []
-    held: list[tuple[_JobRow, JOB_STATUS, Any]] = []
-    for job_id, (status, record) in done.items():
+    updated: list[tuple[_JobRow, JOB_STATUS, Any]] = []
+    for job_id, (status, record, delay) in done.items():
         row = s.db.jobs.get(job_id)
-        if row is None:
+        if row is None or not _guard_passes(row, queue_manager_id):
             continue
-        if status == "failed":
+        if status == "queued":
+            s.reactivate([row])
+            row.status, row.execute_after = "queued", s.now + (delay or timedelta(0))
+            row.attempts += 1
+            row.updated, row.queue_manager_id = s.now, None
+            updated.append((row, status, record))
+        elif status == "failed":
             row.status, row.updated, row.queue_manager_id = "failed", s.now, None
-            held.append((row, status, record))
+            updated.append((row, status, record))
         else:
             del s.db.jobs[job_id]
             removed.append((row, status, record))
-    for row, status, record in removed + held:
+    for row, status, record in removed + updated:
         s.log(row, status, record)
+    if updated:
+        s.table_changed("update")
     s.table_changed("delete")  # the DELETE runs even when only holds (or nothing) match
-    return [JobId(row.id) for row, _, _ in removed + held]
+    return [JobId(row.id) for row, _, _ in removed + updated]
+
+
+def _guard_passes(row: _JobRow, queue_manager_id: QueueManagerId | uuid.UUID | None) -> bool:
+    return queue_manager_id is None or (
+        row.status == "picked" and row.queue_manager_id == queue_manager_id
+    )
 
 
 def _aggregate(s: _Statement) -> None:

@@ -3,10 +3,16 @@
 A notification is only a hint: it wakes the dispatcher, and the ``SKIP LOCKED``
 claim decides who gets a job. Notifications sent while the connection was down
 are lost, so every reconnect also asks the dispatcher to poll.
+
+The thread never dies of what it receives or of the server: a payload that
+does not parse is logged at DEBUG and dropped, an error in a callback is
+logged, and any failure of the connection (or of opening a new one) leads to
+a reconnect with backoff, one log line per attempt.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import socket
@@ -17,17 +23,19 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .backoff import Backoff
 from .models import AnyEvent, parse_event
 
 logger = logging.getLogger(__name__)
 
 #: Longest single select() wait, so stop() is noticed promptly.
 SELECT_TIMEOUT = 1.0
-#: Reconnect backoff: first delay, cap, and growth factor.
+#: Reconnect backoff: first delay and cap (seconds).
 RECONNECT_INITIAL_DELAY = 0.1
 RECONNECT_MAX_DELAY = 5.0
-RECONNECT_BACKOFF = 2.0
 STOP_TIMEOUT = 5.0
+#: How long start() waits for the first LISTEN before returning (seconds).
+START_WAIT = 10.0
 
 ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
 
@@ -60,21 +68,31 @@ class Listener:
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._conn: psycopg.Connection[Any] | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._reconnect_requested = False
         self.connected = threading.Event()
 
-    def start(self) -> None:
-        """Connect and LISTEN on the calling thread (errors raise here), then start the loop."""
-        self._conn = self._open()
-        self.connected.set()
+    def start(self, wait: float = START_WAIT) -> bool:
+        """Start the loop, which connects and LISTENs, retrying (with backoff) until it
+        can; wait up to ``wait`` seconds for the first LISTEN. Returns whether it
+        is listening (if not, it keeps trying in the background)."""
         self._thread.start()
+        return self.connected.wait(wait)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the loop and close the connection; bounded by ``timeout``."""
-        self._stop.set()
+    def reconnect(self) -> None:
+        """Drop the connection and open a new one (e.g. after a failed health probe)."""
+        self._reconnect_requested = True
+        self._poke()
+
+    def _poke(self) -> None:
         try:
             self._wakeup_w.send(b"x")
         except OSError:
             pass
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the loop and close the connection; bounded by ``timeout``."""
+        self._stop.set()
+        self._poke()
         if self._thread.is_alive():
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -85,31 +103,59 @@ class Listener:
 
     def _open(self) -> psycopg.Connection[Any]:
         conn = self._connect()
-        if not conn.autocommit:
+        try:
+            if not conn.autocommit:
+                raise ValueError("the LISTEN connection must be in autocommit mode")
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except BaseException:
             conn.close()
-            raise ValueError("the LISTEN connection must be in autocommit mode")
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            raise
         return conn
 
     def _run(self) -> None:
+        backoff = Backoff(initial=RECONNECT_INITIAL_DELAY, maximum=RECONNECT_MAX_DELAY)
+        first = True
         while not self._stop.is_set():
+            if self._conn is None:
+                if not self._connect_once(backoff, first):
+                    continue
+                if not first:
+                    logger.info("listener reconnected to channel %r", self.channel)
+                    self._safely(self._on_reconnect)
+                first = False
             try:
                 self._wait_once()
-            except (psycopg.Error, OSError, ValueError) as exc:
+            except Exception as exc:  # psycopg, OS, a broken socket: reconnect
                 self.connected.clear()
                 logger.warning("listener connection lost (%s); reconnecting", exc)
-                self._on_failure(exc)
+                self._safely(functools.partial(self._on_failure, exc))
                 self._close()
-                if self._reconnect():
-                    self._on_reconnect()
+
+    def _connect_once(self, backoff: Backoff, first: bool) -> bool:
+        try:
+            self._conn = self._open()
+        except Exception as exc:
+            delay = backoff.failure()
+            verb = "connect" if first else "reconnect"
+            logger.warning("listener %s failed (%s); retrying in %.1fs", verb, exc, delay)
+            self._stop.wait(delay)
+            return False
+        backoff.success()
+        self.connected.set()
+        return True
 
     def _wait_once(self) -> None:
         conn = self._conn
         if conn is None:
-            raise psycopg.OperationalError("no listener connection")
+            return
+        if self._reconnect_requested:
+            self._reconnect_requested = False
+            raise psycopg.OperationalError("reconnect requested")
         fileno = conn.fileno()
         wakeup = self._wakeup_r.fileno()
         readable, _, _ = select.select([fileno, wakeup], [], [], SELECT_TIMEOUT)
+        if wakeup in readable:
+            self._wakeup_r.recv(4096)
         if fileno not in readable:
             return
         pgconn = conn.pgconn
@@ -124,21 +170,13 @@ class Listener:
         if event is None:
             logger.debug("ignoring unknown or malformed event on %r", self.channel)
             return
-        self._on_event(event)
+        self._safely(lambda: self._on_event(event))
 
-    def _reconnect(self) -> bool:
-        delay = RECONNECT_INITIAL_DELAY
-        while not self._stop.wait(delay):
-            try:
-                self._conn = self._open()
-            except (psycopg.Error, OSError) as exc:
-                logger.warning("listener reconnect failed (%s); retrying in %.1fs", exc, delay)
-                delay = min(delay * RECONNECT_BACKOFF, RECONNECT_MAX_DELAY)
-                continue
-            self.connected.set()
-            logger.info("listener reconnected to channel %r", self.channel)
-            return True
-        return False
+    def _safely(self, callback: Callable[[], object]) -> None:
+        try:
+            callback()
+        except Exception:  # a callback's bug must not take the listener down
+            logger.exception("listener callback failed")
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None

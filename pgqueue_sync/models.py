@@ -119,14 +119,23 @@ class TracebackRecord:
         job_id: JobId,
         additional_context: dict[str, Any] | None = None,
     ) -> TracebackRecord:
-        """Describe ``exc`` (type, message and formatted traceback) for the log."""
+        """Describe ``exc`` (type, message and formatted traceback) for the log.
+
+        Never raises, whatever ``exc`` is: a ``__str__`` that fails gives a
+        placeholder message, and text ``jsonb`` cannot hold (NUL characters,
+        lone surrogates) is replaced, so the record is always storable.
+        """
+        context = None if additional_context is None else {
+            key: storable_text(value) if isinstance(value, str) else value
+            for key, value in additional_context.items()
+        }
         return cls(
             job_id=job_id,
             timestamp=utc_now(),
-            exception_type=type(exc).__name__,
-            exception_message=str(exc),
-            traceback="".join(tb_module.format_exception(type(exc), exc, exc.__traceback__)),
-            additional_context=additional_context,
+            exception_type=storable_text(type(exc).__name__),
+            exception_message=storable_text(_describe(exc)),
+            traceback=storable_text(_format_traceback(exc)),
+            additional_context=context,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -151,6 +160,32 @@ class TracebackRecord:
             traceback=value["traceback"],
             additional_context=value.get("additional_context"),
         )
+
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL's ``jsonb`` accepts it: NUL characters become U+FFFD and
+    lone surrogates become ``?`` (jsonb rejects both, and one rejected record must
+    not block a batch of outcomes)."""
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not lose the job's outcome
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        return f"<traceback unavailable for {type(exc).__name__}>"
 
 
 def failure_record(
@@ -312,7 +347,7 @@ def parse_event(payload: str | bytes) -> AnyEvent | None:
             return HealthCheckEvent(
                 channel=channel, sent_at=sent_at, id=HealthCheckId(uuid.UUID(str(data["id"])))
             )
-    except (ValueError, KeyError, TypeError):
+    except Exception:  # OverflowError, RecursionError, ...: anything from a hostile payload
         return None
     return None
 

@@ -36,9 +36,17 @@ LANE_IDLE_WAIT = 1.0
 #: The flusher writes outcomes itself once this many batches of them wait
 #: (otherwise they ride along with the next claim, or go on its timer).
 OUTCOME_BATCHES_BEFORE_FLUSH = 4
-#: Dispatcher backoff after a database error: first delay and cap (seconds).
+#: Dispatcher backoff after a database error: first delay and cap (seconds). The
+#: cap keeps the worker back at work within seconds of the database returning.
 DATABASE_RETRY_INITIAL = 0.5
-DATABASE_RETRY_MAX = 10.0
+DATABASE_RETRY_MAX = 5.0
+#: How long run() waits for an unreachable database at start before giving up.
+WAIT_FOR_DATABASE = timedelta(seconds=60)
+#: After the next picked job's stale time, wait this much longer before the
+#: rescuing claim (the claim's test is strict: heartbeat < NOW() - timeout).
+STALE_WAKE_MARGIN = 0.05
+#: How long the final writes at shutdown (hand-backs, outcomes) may take.
+FINAL_WRITES_TIMEOUT = 30.0
 #: The listener probes itself this often and waits this long for the echo.
 HEALTH_CHECK_INTERVAL = 10.0
 HEALTH_CHECK_TIMEOUT = timedelta(seconds=10)
@@ -134,6 +142,7 @@ class RunOptions:
     log_aggregation_interval: timedelta | None
     concurrency: int
     shutdown_timeout: timedelta | None
+    wait_for_database: timedelta = WAIT_FOR_DATABASE
     claim_lanes: int = CLAIM_LANES
 
     @classmethod
@@ -149,6 +158,7 @@ class RunOptions:
         log_aggregation_interval: timedelta | float | None,
         concurrency: int | None,
         shutdown_timeout: timedelta | float | None,
+        wait_for_database: timedelta | float = WAIT_FOR_DATABASE,
     ) -> RunOptions:
         """Validate everything up front; raises :class:`ConfigurationError`."""
         batch = positive_int("batch_size", batch_size)
@@ -168,6 +178,7 @@ class RunOptions:
             shutdown_timeout=None if shutdown_timeout is None else duration(
                 "shutdown_timeout", shutdown_timeout
             ),
+            wait_for_database=duration("wait_for_database", wait_for_database),
         )
 
 

@@ -2,6 +2,18 @@
 event-loop thread for ``async def``), records outcomes, and shuts down without
 losing a job.
 
+What keeps a job from being lost (see docs/reliability.md):
+
+* whatever a handler does (``sys.exit()``, ``KeyboardInterrupt``, an exception
+  that cannot be printed), its job gets exactly one outcome: bookkeeping runs
+  in ``finally`` and every ``BaseException`` is that job's failure;
+* a job keeps its heartbeat until its outcome (or retry) is written, and every
+  write of ours only touches rows this worker still holds, so a write re-sent
+  after a lost reply changes nothing;
+* every exit path sets one internal stop event (``_halt``); shutdown joins the
+  claim lanes, waits for handlers, hands unfinished jobs back, writes the
+  outcomes and only then stops heartbeats.
+
 Threads (all named ``pgqueue_sync-*``): the caller of :meth:`QueueManager.run`
 is the dispatcher; ``-runner-N`` run handlers; ``-listener`` receives NOTIFY;
 ``-flusher`` writes outcomes; ``-heartbeat`` keeps running jobs alive;
@@ -24,12 +36,14 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from . import options
-from .aio import EventLoopThread
-from .buffers import CompletionBuffer, Heartbeats, Retry
+from .aio import EscapedBaseException, EventLoopThread
+from .backoff import Backoff
+from .buffers import CompletionBuffer, Finished, Heartbeats
 from .cancellation import CancellationToken, Context, JobCancelled
 from .capacity import Capacity
 from .errors import (
     ConfigurationError,
+    ConnectionFailed,
     DatabaseError,
     FailingListenerError,
     PgqException,
@@ -52,7 +66,7 @@ from .models import (
     TracebackRecord,
     failure_record,
 )
-from .queries import EntrypointExecutionParameter, Queries
+from .queries import EntrypointExecutionParameter, PollState, Queries
 from .ratelimit import TokenBucket
 from .results import StoredResult, encode_result, missing_table_problem
 from .threads import JOIN_TIMEOUT, HandlerPool, Ticker
@@ -64,6 +78,8 @@ logger = logging.getLogger(__name__)
 #: How often the shutdown watcher checks whether run() has ended (seconds);
 #: a set shutdown event is seen at once.
 SHUTDOWN_WATCH_INTERVAL = 0.5
+#: Slice of the main thread's final waits, so a second signal is acted on promptly.
+FINAL_WAIT_SLICE = 0.1
 
 F = TypeVar("F", bound=Callable[..., Any])
 ExecutorFactory = Callable[[EntrypointExecutorParameters], AbstractEntrypointExecutor]
@@ -76,14 +92,6 @@ class _Registration:
     claim: EntrypointExecutionParameter
     bucket: TokenBucket | None
     store_result: bool | None = None  # None: the worker's store_results
-
-
-class _ShutdownNow(BaseException):
-    """Raised in the dispatcher by a second signal.
-
-    A BaseException so no ``except Exception`` between the signal and
-    :meth:`QueueManager.run` can swallow it.
-    """
 
 
 class QueueManager:
@@ -120,14 +128,29 @@ class QueueManager:
         # A plain Lock on the hot path; the Condition only serves the final wait.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._claimed: dict[int, tuple[float, float]] = {}  # job id -> (claimed at, beat period)
+        # Jobs to heartbeat: claimed and not yet recorded (a finished job stays
+        # here until its outcome is written). job id -> (claimed at, beat period)
+        self._claimed: dict[int, tuple[float, float]] = {}
         self._beat_period: dict[str, float] = {}
         self._wake = threading.Event()
         self._abandoned: set[int] = set()
         self._pending_probes: dict[uuid.UUID, threading.Event] = {}
         self._listener_error: FailingListenerError | None = None
+        self._listener: Listener | None = None
         self._drained = False
         self._stopping = False
+        # One internal stop event for every exit path (shutdown, drain, errors);
+        # the user's ``shutdown`` feeds it but is never the only thing to watch.
+        self._halt = threading.Event()
+        # A second signal: the main thread stops its final waits.
+        self._stop_now = threading.Event()
+        self._signals = 0
+        # Set by a listener reconnect (or a halt): ends the dispatcher's backoff early.
+        self._recovered = threading.Event()
+        self._fatal: BaseException | None = None
+        self._handing_back = False
+        self._lanes: list[threading.Thread] = []
+        self.shutdown_requested_twice = False
         self._backlog = threading.Event()
         self._lane_wake = threading.Event()
         self._rate_lock = threading.Lock()
@@ -228,6 +251,7 @@ class QueueManager:
         log_aggregation_interval: timedelta | float | None = options.LOG_AGGREGATION_INTERVAL,
         concurrency: int | None = None,
         shutdown_timeout: timedelta | float | None = None,
+        wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
     ) -> None:
         """Process jobs until :attr:`shutdown` is set (or, in drain mode, until idle).
 
@@ -235,10 +259,18 @@ class QueueManager:
         called from the main thread: the first signal stops claiming and lets
         running jobs finish within ``shutdown_timeout`` (``None``: wait for
         them); jobs still running then, or at a second signal, are returned
-        to the queue at once. Raises :class:`ConfigurationError` for invalid
-        arguments before touching the database, :class:`SchemaError` when the
-        schema is missing, and :class:`FailingListenerError` when the listener
-        fails its health check and ``shutdown_on_listener_failure`` is set.
+        to the queue at once. If the database cannot be reached at start, it
+        retries for up to ``wait_for_database`` (default 60 s) before raising
+        :class:`~pgqueue_sync.errors.ConnectionFailed`; once running, lost
+        connections and server restarts are retried with backoff indefinitely.
+
+        Raises :class:`ConfigurationError` for invalid arguments (or a
+        connection that is not in autocommit mode) before touching the
+        database, :class:`SchemaError` when the schema is missing,
+        :class:`~pgqueue_sync.errors.DatabaseError` for an error no retry can
+        fix (in drain mode; e.g. a missing grant), and
+        :class:`FailingListenerError` when the listener fails its health check
+        and ``shutdown_on_listener_failure`` is set.
         """
         opts = options.RunOptions.build(
             dequeue_timeout=dequeue_timeout,
@@ -250,14 +282,50 @@ class QueueManager:
             log_aggregation_interval=log_aggregation_interval,
             concurrency=concurrency,
             shutdown_timeout=shutdown_timeout,
+            wait_for_database=wait_for_database,
         )
         if not self.entrypoint_registry:
             raise ConfigurationError("no entrypoints registered; decorate a handler first")
-        self.verify_structure()
+        _check_autocommit(self.queries.driver)
+        self._reset()
         with _SignalHandlers(self._on_signal):
+            if not self._await_database(opts.wait_for_database):
+                return  # asked to stop while waiting
             self._run(opts)
+        if self._fatal is not None:
+            raise self._fatal
         if self._listener_error is not None:
             raise self._listener_error
+
+    def _reset(self) -> None:
+        # run() may be called again on the same worker.
+        for event in (self._halt, self._stop_now, self._recovered):
+            event.clear()
+        self._signals = 0
+        self._fatal = None
+        self._drained = self._stopping = self._handing_back = False
+        self.shutdown_requested_twice = False
+        self._abandoned.clear()
+
+    def _await_database(self, patience: timedelta) -> bool:
+        """Check the schema, retrying for up to ``patience`` while the database is
+        unreachable. False if shutdown was requested meanwhile."""
+        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
+                          maximum=options.DATABASE_RETRY_MAX)
+        deadline = time.monotonic() + patience.total_seconds()
+        while not self.shutdown.is_set():
+            try:
+                self.verify_structure()
+                return True
+            except DatabaseError as exc:
+                left = deadline - time.monotonic()
+                if not exc.transient or left <= 0:
+                    raise
+                delay = min(backoff.failure(), left)
+                logger.warning("database not reachable (%s); retrying in %.1fs, giving up in "
+                               "%.0fs", exc, delay, left)
+                self.shutdown.wait(delay)
+        return False
 
     def verify_structure(self) -> None:
         """Raise :class:`SchemaError` unless the tables, columns and indexes a 1.6 worker
@@ -286,7 +354,6 @@ class QueueManager:
         return self.store_results if reg.store_result is None else reg.store_result
 
     def _run(self, opts: options.RunOptions) -> None:
-        self.shutdown_requested_twice = False
         stack = _Lifecycle()
         try:
             self._start(opts, stack)
@@ -295,26 +362,66 @@ class QueueManager:
                 self.queue_manager_id, sorted(self.entrypoint_registry), opts.concurrency,
             )
             self._dispatch_loop(opts)
-            self._wait_for_running(opts.shutdown_timeout)
-        except _ShutdownNow:
-            logger.warning("second signal: stopping now")
+        except BaseException as exc:
+            if self._fatal is None:
+                self._fatal = exc
+            raise
         finally:
-            self._finalize(stack)
+            self._finalize(opts, stack)
 
-    def _finalize(self, stack: _Lifecycle) -> None:
-        try:
-            self._release_unfinished()
-            stack.close()
-        except _ShutdownNow:
-            # Another signal while the final writes run (e.g. blocked on a lock):
-            # leave now. Unwritten outcomes leave their jobs picked; they are
-            # re-run once their heartbeat is stale (at-least-once, nothing lost).
-            logger.warning("signal during the final writes: stopping without them")
+    def _finalize(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
+        """Stop in one order, whatever ended the run. Each step says why it is where it is."""
+        # Every loop (dispatcher, lanes, watcher) sees the halt and stops claiming.
+        self._halt_all()
+        # Lanes first: a claim still in flight lands in job_context before the
+        # wait below, so its jobs are waited for or handed back, never stranded.
+        self._stop_lanes()
+        if self._fatal is None:
+            self._wait_for_running(opts.shutdown_timeout)
+        # Hand-backs and outcome writes run while heartbeats still beat, off the
+        # main thread, so a second signal can end the wait for them.
+        self._final_writes()
+        stack.close()
         logger.info("worker %s stopped", self.queue_manager_id)
+
+    def _halt_all(self) -> None:
+        self._halt.set()
+        for event in (self._wake, self._lane_wake, self._backlog, self._recovered):
+            event.set()
+
+    def _final_writes(self) -> None:
+        started = self._signals
+        done = threading.Event()
+
+        def write() -> None:
+            try:
+                self._release_unfinished()
+                if self._buffer is not None:
+                    self._buffer.stop()
+            except Exception:
+                logger.exception("final writes failed; unwritten jobs are re-run once their "
+                                 "heartbeat is stale")
+            finally:
+                done.set()
+
+        writer = threading.Thread(target=write, name="pgqueue_sync-final-writes", daemon=True)
+        writer.start()
+        deadline = time.monotonic() + options.FINAL_WRITES_TIMEOUT
+        while not done.wait(FINAL_WAIT_SLICE):
+            if self._signals > max(started, 1):
+                # Another signal while the final writes run (e.g. blocked on a lock):
+                # leave now. Unwritten outcomes leave their jobs picked; they are
+                # re-run once their heartbeat is stale (at-least-once, nothing lost).
+                logger.warning("signal during the final writes: stopping without them")
+                return
+            if time.monotonic() > deadline:
+                logger.error("final writes did not finish within %.0fs; stopping without them",
+                             options.FINAL_WRITES_TIMEOUT)
+                return
 
     def _start(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
         if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):
-            self._loop = EventLoopThread().start()
+            self._loop = EventLoopThread(on_crash=self._on_loop_crash).start()
             stack.push(self._loop.close)
         # One claimer keeps starts in claim (priority) order; concurrent lanes may
         # start jobs claimed at the same moment in either order, which a serial
@@ -327,20 +434,26 @@ class QueueManager:
         stack.push(lambda: pool.stop(0.0 if self._abandoned else JOIN_TIMEOUT))
         # Outcomes normally ride along with the next claim; the flusher writes them
         # on its ~100 ms timer when no claim comes, or once a few batches pile up.
-        self._buffer = CompletionBuffer(
-            self.queries, max_size=opts.batch_size * options.OUTCOME_BATCHES_BEFORE_FLUSH,
-            on_written=self._on_written,
-        )
-        self._buffer.start()
-        stack.push(self._buffer.stop)
         self._beat_period = {
             name: (reg.claim.stale_after or opts.heartbeat_timeout).total_seconds() / 2
             for name, reg in self.entrypoint_registry.items()
         }
         tick = self._shortest_stale(opts).total_seconds() / 8
-        self._heartbeats = Heartbeats(self.queries, self._running_snapshot, tick=tick)
+        # Heartbeats stop only after the final writes (_finalize): a job keeps
+        # beating until its outcome is in the database.
+        self._heartbeats = Heartbeats(self.queries, self._running_snapshot,
+                                      owner=self.queue_manager_id, tick=tick)
         self._heartbeats.start()
         stack.push(self._heartbeats.stop)
+        # Outcomes normally ride along with the next claim; the flusher writes them
+        # on its ~100 ms timer when no claim comes, or once a few batches pile up.
+        # Stopped (with a final flush) by _finalize, before the heartbeats.
+        self._buffer = CompletionBuffer(
+            self.queries, owner=self.queue_manager_id,
+            max_size=opts.batch_size * options.OUTCOME_BATCHES_BEFORE_FLUSH,
+            on_written=self._on_written,
+        )
+        self._buffer.start()
         stack.push(self._start_listener())
         stack.push(self._watch_shutdown())
         health = Ticker(lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
@@ -348,14 +461,13 @@ class QueueManager:
         stack.push(health.stop)
         # Extra claim lanes, not with a budget: it is counted in SQL, and two
         # concurrent claims could each see room for the same jobs.
-        extra = [
+        self._lanes = [
             threading.Thread(target=self._extra_lane, args=(opts,),
                              name=f"pgqueue_sync-claimer-{i}", daemon=True)
             for i in range(1, lanes)
         ]
-        for lane in extra:
-            lane.start()
-        stack.push(lambda: self._stop_lanes(extra))
+        for lane in self._lanes:
+            lane.start()  # joined by _finalize, before the final wait
         if opts.log_aggregation_interval:
             aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
                                 name="pgqueue_sync-aggregator").start()
@@ -371,10 +483,9 @@ class QueueManager:
         done = threading.Event()
 
         def watch() -> None:
-            while not done.is_set():
+            while not done.is_set() and not self._halt.is_set():
                 if self.shutdown.wait(SHUTDOWN_WATCH_INTERVAL):
-                    for event in (self._wake, self._lane_wake, self._backlog):
-                        event.set()
+                    self._halt_all()
                     return
 
         watcher = threading.Thread(target=watch, name="pgqueue_sync-shutdown-watch", daemon=True)
@@ -401,31 +512,51 @@ class QueueManager:
                 f"{type(driver).__name__} cannot open a LISTEN connection; "
                 "use SyncPsycopgDriver or SyncPsycopgPoolDriver for workers"
             )
-        listener = Listener(
+        listener = self._listener = Listener(
             driver.new_connection,
             self.channel,
             on_event=self._on_event,
-            on_reconnect=self._wake.set,
+            on_reconnect=self._on_listener_reconnect,
         )
-        listener.start()
+        if not listener.start():
+            logger.warning("the listener is not connected yet; polling until it is")
         return listener.stop
+
+    def _on_listener_reconnect(self) -> None:
+        # Notifications sent while it was down are lost: poll now, and end any
+        # database backoff (the server is evidently back).
+        self._wake.set()
+        self._recovered.set()
 
     # -- the dispatch loop -----------------------------------------------------------------
 
     def _dispatch_loop(self, opts: options.RunOptions) -> None:
-        backoff = options.DATABASE_RETRY_INITIAL
-        while not self.shutdown.is_set():
+        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
+                          maximum=options.DATABASE_RETRY_MAX)
+        while not self._halt.is_set():
             try:
                 self._dispatch_once(opts)
-                backoff = options.DATABASE_RETRY_INITIAL
             except DatabaseError as exc:
-                # The worker outlives a database restart: back off, then poll again.
-                logger.warning("database error in the dispatcher (%s); retrying in %.1fs",
-                               exc, backoff)
-                self.shutdown.wait(backoff)
-                backoff = min(backoff * 2, options.DATABASE_RETRY_MAX)
-            if self._drained:
-                return
+                self._on_database_error(exc, opts, backoff)
+                continue
+            if backoff.success():
+                logger.warning("database reachable again; worker %s resumes",
+                               self.queue_manager_id)
+
+    def _on_database_error(
+        self, exc: DatabaseError, opts: options.RunOptions, backoff: Backoff
+    ) -> None:
+        """Back off after a database error, or re-raise one that waiting cannot fix."""
+        permanent_connection = isinstance(exc, ConnectionFailed) and not exc.transient
+        if permanent_connection or (
+            not exc.transient and opts.mode is QueueExecutionMode.drain
+        ):
+            raise exc
+        delay = backoff.failure()
+        logger.warning("database error in the dispatcher (%s); retrying in %.1fs", exc, delay)
+        # A listener reconnect (or a halt) ends the wait early.
+        self._recovered.clear()
+        self._recovered.wait(delay)
 
     def _dispatch_once(self, opts: options.RunOptions) -> None:
         """Claim what fits, then wait for a wake-up or the poll interval."""
@@ -433,24 +564,38 @@ class QueueManager:
         if self._fill(opts) is None:  # local capacity full: wait for a slot to free up
             self._wake.wait(opts.dequeue_timeout.total_seconds())
             return
+        self._check_writes(opts)
         # Order matters: a finishing job buffers its outcome before it stops
         # counting as running, and the probe runs last, so a retry cannot slip
         # between the three reads and end drain mode early.
         busy = self._running() > 0
         writes_pending = self._buffer is not None and self._buffer.pending() > 0
-        state = self.queries.poll_state(self.entrypoint_registry)
+        claims = {name: reg.claim for name, reg in self.entrypoint_registry.items()}
+        state = self.queries.poll_state(claims, opts.heartbeat_timeout)
         if opts.mode is QueueExecutionMode.drain and not (busy or writes_pending or state.queued):
             logger.info("drain mode: no work left")
             self._drained = True
             self.shutdown.set()  # as PgQueuer does once drained
+            self._halt_all()
             return
         queued = state.queued or writes_pending
-        self._wake.wait(self._idle_wait(opts, state.eligible, state.eta, queued))
+        self._wake.wait(self._idle_wait(opts, state, queued))
+
+    def _check_writes(self, opts: options.RunOptions) -> None:
+        # Outcome writes that no retry can fix (a missing grant, a dropped table)
+        # end a drain-mode run instead of waiting on them forever.
+        error = None if self._buffer is None else self._buffer.last_error
+        if (
+            opts.mode is QueueExecutionMode.drain
+            and isinstance(error, DatabaseError)
+            and not error.transient
+        ):
+            raise error
 
     def _fill(self, opts: options.RunOptions) -> bool | None:
         """Claim and start jobs while there is room; None when local capacity is full."""
         assert self._capacity is not None
-        while not self.shutdown.is_set():
+        while not self._halt.is_set():
             wanted = self._capacity.reserve()
             if wanted == 0:
                 return None
@@ -468,28 +613,37 @@ class QueueManager:
             self._backlog.set()
         return True
 
-    def _stop_lanes(self, lanes: list[threading.Thread]) -> None:
-        self._backlog.set()  # wake them; they see shutdown and leave
+    def _stop_lanes(self) -> None:
+        self._backlog.set()  # wake them; they see the halt and leave
         self._lane_wake.set()
-        for lane in lanes:
+        for lane in self._lanes:
             lane.join(JOIN_TIMEOUT)
+            if lane.is_alive():
+                logger.warning("claim lane %s did not stop within %.1fs; jobs it still "
+                               "claims are handed back", lane.name, JOIN_TIMEOUT)
 
     def _extra_lane(self, opts: options.RunOptions) -> None:
         """An extra claimer, active only while a backlog exists, so claim round trips
         overlap; idle polling stays with the dispatcher."""
-        backoff = options.DATABASE_RETRY_INITIAL
-        while not self.shutdown.is_set() and not self._drained:
+        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
+                          maximum=options.DATABASE_RETRY_MAX)
+        while not self._halt.is_set():
             if not self._backlog.wait(options.LANE_IDLE_WAIT):
                 continue
             self._lane_wake.clear()
             try:
                 if self._fill(opts) is None:
                     self._lane_wake.wait(options.LANE_IDLE_WAIT)
-                backoff = options.DATABASE_RETRY_INITIAL
+                backoff.success()
             except DatabaseError as exc:
-                logger.debug("second claim lane: %s; backing off %.1fs", exc, backoff)
-                self.shutdown.wait(backoff)
-                backoff = min(backoff * 2, options.DATABASE_RETRY_MAX)
+                # The dispatcher reports database errors; a lane only steps back.
+                delay = backoff.failure()
+                logger.debug("claim lane: %s; backing off %.1fs", exc, delay)
+                self._halt.wait(delay)
+            except Exception:
+                logger.exception("claim lane failed; stopping the worker")
+                self._fatal = self._fatal or PgqException("a claim lane failed unexpectedly")
+                self._halt_all()
 
     def _claim(self, opts: options.RunOptions, wanted: int) -> list[Job]:
         open_eps, rated = self._claimable()
@@ -531,27 +685,48 @@ class QueueManager:
         assert self._buffer is not None
         finished = self._buffer.take()
         try:
-            jobs = self.queries.dequeue(
-                batch, eps, self.queue_manager_id, opts.max_concurrent_tasks,
-                opts.heartbeat_timeout, completed=finished.outcomes, results=finished.results,
-            )
+            jobs = self._claim_with(opts, batch, eps, finished)
+        except DatabaseError as exc:
+            if not finished or exc.transient:
+                self._buffer.restore(finished)
+                raise
+            # The database refused something in the outcomes, not necessarily the
+            # claim: the flusher finds the bad one; claim without them meanwhile.
+            self._buffer.restore(finished, isolate=True)
+            return self._claim_with(opts, batch, eps, self._buffer.take())
         except BaseException:
             self._buffer.restore(finished)
             raise
         self._buffer.written(finished)
         return jobs
 
-    def _idle_wait(
-        self, opts: options.RunOptions, eligible: bool, eta: timedelta | None, queued: bool
-    ) -> float:
-        # UPDATEs (retries, requeues, seat releases) never notify: poll for them.
+    def _claim_with(
+        self,
+        opts: options.RunOptions,
+        batch: int,
+        eps: dict[str, EntrypointExecutionParameter],
+        finished: Any,
+    ) -> list[Job]:
+        return self.queries.dequeue(
+            batch, eps, self.queue_manager_id, opts.max_concurrent_tasks,
+            opts.heartbeat_timeout, completed=finished.outcomes, results=finished.results,
+            retries=finished.retries,
+        )
+
+    def _idle_wait(self, opts: options.RunOptions, state: PollState, queued: bool) -> float:
+        # Retries, requeues, holds and hand-backs notify (as PgQueuer 2 does), but a
+        # PgQueuer 1.6 worker's do not, and a stale job notifies nobody: wake for
+        # the next deferred job and for the next picked job going stale.
         longest = opts.dequeue_timeout.total_seconds()
-        if eligible:
+        if state.eligible:
             wait = options.MIN_DEQUEUE_POLL_INTERVAL
-        elif eta is not None:
-            wait = min(max(eta.total_seconds(), options.MIN_DEQUEUE_POLL_INTERVAL), longest)
+        elif state.eta is not None:
+            wait = min(max(state.eta.total_seconds(), options.MIN_DEQUEUE_POLL_INTERVAL), longest)
         else:
             wait = options.MIN_DEQUEUE_POLL_INTERVAL if queued else longest
+        if state.stale_eta is not None:
+            stale = state.stale_eta.total_seconds() + options.STALE_WAKE_MARGIN
+            wait = min(wait, max(stale, options.MIN_DEQUEUE_POLL_INTERVAL))
         buckets = [r.bucket for r in self.entrypoint_registry.values() if r.bucket is not None]
         if buckets:
             wait = min(wait, max(min(b.seconds_until_token() for b in buckets), 0.01))
@@ -571,14 +746,18 @@ class QueueManager:
         reg = self.entrypoint_registry[job.entrypoint]
         context = Context(CancellationToken(), self.resources)
         with self._lock:
-            rerun = job.id in self.job_context
-            if not rerun:
+            # Our own stale re-pick of a job still running (or whose outcome is not
+            # written yet) here: the first run's outcome will finish it.
+            rerun = job.id in self._claimed
+            late = self._handing_back
+            if not rerun and not late:
                 self.job_context[job.id] = context
                 self._claimed[job.id] = (time.monotonic(), self._beat_period[job.entrypoint])
-        if rerun:
-            # Our own stale re-pick of a job that is still running here.
-            assert self._capacity is not None
+        assert self._capacity is not None
+        if rerun or late:
             self._capacity.finished(None)
+            if late:  # claimed by a lane that outlived the shutdown wait
+                self._hand_back({job.id: None}, "shutdown")
             return
         self._dispatched_since_aggregation = True
         assert self._pool is not None
@@ -591,14 +770,16 @@ class QueueManager:
         error: BaseException | None = None
         seconds = None
         value = None
-        if not context.cancellation.cancelled:
-            started = time.monotonic()
-            try:
-                value = self._execute(job, context, reg)
-            except Exception as exc:  # the handler's failure is the job's outcome
-                error = exc
-            seconds = time.monotonic() - started
-        self._finish(job, context, reg, error, cancelled=False, seconds=seconds, value=value)
+        try:
+            if not context.cancellation.cancelled:
+                started = time.monotonic()
+                try:
+                    value = self._execute(job, context, reg)
+                except BaseException as exc:  # SystemExit too: the job's failure, not ours
+                    error = exc
+                seconds = time.monotonic() - started
+        finally:
+            self._finish(job, context, reg, error, cancelled=False, seconds=seconds, value=value)
 
     def _execute(self, job: Job, context: Context, reg: _Registration) -> Any:
         """Call the executor (for async handlers: make its coroutine) inside the
@@ -612,13 +793,17 @@ class QueueManager:
             return reg.executor.execute(job, context)
 
     def _start_async(self, job: Job, context: Context, reg: _Registration) -> None:
-        assert self._loop is not None
         started = time.monotonic()
 
         def done(task: asyncio.Task[Any]) -> None:  # on the event-loop thread
             self._finish_async(job, context, reg, task, time.monotonic() - started)
 
-        cancel = self._loop.spawn(self._execute(job, context, reg), done)
+        try:
+            assert self._loop is not None
+            cancel = self._loop.spawn(self._execute(job, context, reg), done)
+        except BaseException as exc:  # no coroutine, or no loop: the job fails here
+            self._finish(job, context, reg, exc, cancelled=False, seconds=None)
+            return
         context.cancellation.add_callback(cancel)
 
     def _finish_async(
@@ -629,10 +814,20 @@ class QueueManager:
         task: asyncio.Task[Any],
         seconds: float,
     ) -> None:
-        cancelled = task.cancelled()
-        error = None if cancelled else task.exception()
-        value = None if cancelled or error is not None else task.result()
-        self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds, value=value)
+        error: BaseException | None = None
+        cancelled = False
+        value = None
+        try:
+            cancelled = task.cancelled()
+            error = None if cancelled else task.exception()
+            if isinstance(error, EscapedBaseException):
+                error = error.original
+            value = None if cancelled or error is not None else task.result()
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds,
+                         value=value)
 
     def _finish(
         self,
@@ -646,21 +841,23 @@ class QueueManager:
         value: Any = None,
     ) -> None:
         assert self._capacity is not None
-        # _abandoned only grows, at shutdown; a membership test needs no lock.
-        if job.id in self._abandoned:
-            logger.warning("job %d finished after it was handed back to the queue", job.id)
-        else:
-            # Buffer the outcome before the job stops counting as running, so drain
-            # mode never sees "nothing running, nothing pending" in between.
-            self._record(job, context, reg, error, cancelled, value)
-        with self._lock:
-            del self.job_context[job.id]
-            del self._claimed[job.id]
-            if self._stopping:  # only _wait_for_running waits on the condition
-                self._idle.notify_all()
-        self._capacity.finished(seconds)
-        _set(self._wake)
-        _set(self._lane_wake)
+        try:
+            # _abandoned only grows, at shutdown; a membership test needs no lock.
+            if job.id in self._abandoned:
+                logger.warning("job %d finished after it was handed back to the queue", job.id)
+            else:
+                # Buffer the outcome before the job stops counting as running, so
+                # drain mode never sees "nothing running, nothing pending" in between.
+                self._record(job, context, reg, error, cancelled, value)
+        finally:
+            # The job keeps its heartbeat (_claimed) until _on_written.
+            with self._lock:
+                self.job_context.pop(job.id, None)
+                if self._stopping:  # only _wait_for_running waits on the condition
+                    self._idle.notify_all()
+            self._capacity.finished(seconds)
+            _set(self._wake)
+            _set(self._lane_wake)
 
     def _record(
         self,
@@ -672,32 +869,52 @@ class QueueManager:
         value: Any = None,
     ) -> None:
         assert self._buffer is not None
+        try:
+            finished = self._outcome(job, context, reg, error, cancelled, value)
+        except Exception as exc:  # e.g. a result that cannot be encoded
+            logger.error("job %d: could not build its outcome (%s); recording a failure",
+                         job.id, exc)
+            finished = Finished(job, self._failure_status(reg), self._traceback(job, exc))
+        self._buffer.add(finished)
+
+    def _outcome(
+        self,
+        job: Job,
+        context: Context,
+        reg: _Registration,
+        error: BaseException | None,
+        cancelled: bool,
+        value: Any,
+    ) -> Finished:
         # Results (opt-in) ride in the same buffered write as the outcome; a
         # failure's result row takes its error from the traceback record.
         store = self._stores(reg)
         if cancelled or isinstance(error, JobCancelled) or (
             error is None and context.cancellation.cancelled
         ):
-            self._buffer.add(job, "canceled", None, StoredResult(job) if store else None)
-            return
+            return Finished(job, "canceled", None, StoredResult(job) if store else None)
         if error is None:
-            self._buffer.add(job, "successful", None, encode_result(job, value) if store else None)
-            return
+            return Finished(job, "successful", None, encode_result(job, value) if store else None)
         retry = retry_request(error)
-        fallback: JOB_STATUS = "failed" if reg.on_failure == "hold" else "exception"
         if retry is not None:
             record = self._traceback(job, error, attempt=job.attempts,
                                      retry_delay=str(retry.delay), reason=retry.reason)
-            self._buffer.add_retry(Retry(job, retry.delay, record, fallback, store))
-            return
+            return Finished(job, "queued", record, delay=retry.delay)
         logger.error("job %d (%r) failed", job.id, job.entrypoint, exc_info=error)
         stored = StoredResult(job) if store else None
-        self._buffer.add(job, fallback, self._traceback(job, error), stored)
+        return Finished(job, self._failure_status(reg), self._traceback(job, error), stored)
+
+    @staticmethod
+    def _failure_status(reg: _Registration) -> JOB_STATUS:
+        return "failed" if reg.on_failure == "hold" else "exception"
 
     def _traceback(self, job: Job, error: BaseException, **extra: Any) -> TracebackRecord:
         return failure_record(job, error, self.queue_manager_id, **extra)
 
     def _on_written(self, jobs: list[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._claimed.pop(job.id, None)  # recorded: stop its heartbeat
         self.jobs_logged += len(jobs)
         # A written outcome may free a fleet-wide seat: claim again.
         self._wake.set()
@@ -713,8 +930,9 @@ class QueueManager:
 
     def _on_event(self, event: AnyEvent) -> None:
         if isinstance(event, TableChangedEvent):
-            if event.operation == "insert" or event.operation == "delete":
-                self._wake.set()
+            # insert: new work; delete: a freed seat; update: a retry, requeue,
+            # hold or hand-back (sent by us and by PgQueuer 2).
+            self._wake.set()
         elif isinstance(event, CancellationEvent):
             self._cancel_local(event.ids)
         elif isinstance(event, HealthCheckEvent):
@@ -744,19 +962,22 @@ class QueueManager:
         alive and its listener echoes a probe within ``timeout``. Blocks up to
         ``timeout``; thread-safe."""
         beats = self._heartbeats
-        if beats is None or not beats.is_alive() or self.shutdown.is_set():
+        if beats is None or not beats.is_alive() or self._halt.is_set():
             return False
         return self.listener_healthy(timeout)
 
     def _probe_listener(self, opts: options.RunOptions) -> None:
         if self.listener_healthy(options.HEALTH_CHECK_TIMEOUT):
             return
-        logger.warning("listener health check failed: no echo within %.1fs",
+        logger.warning("listener health check failed: no echo within %.1fs; reconnecting it",
                        options.HEALTH_CHECK_TIMEOUT.total_seconds())
         if opts.shutdown_on_listener_failure and opts.mode is not QueueExecutionMode.drain:
             self._listener_error = FailingListenerError()
-            self.shutdown.set()
-            self._wake.set()
+            self._halt_all()
+            return
+        if self._listener is not None:
+            self._listener.reconnect()
+        self._wake.set()  # and poll meanwhile
 
     def _aggregate(self) -> None:
         if self._dispatched_since_aggregation:
@@ -766,42 +987,68 @@ class QueueManager:
     # -- shutdown --------------------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
+        # Runs in the main thread between two bytecodes: only set events; the
+        # main thread acts on them (never an exception raised into a database call).
+        self._signals += 1
         if self.shutdown.is_set():
             self.shutdown_requested_twice = True
-            raise _ShutdownNow()
+            self._stop_now.set()
+            return
         logger.info("received %s: finishing running jobs", signal.Signals(signum).name)
         self.shutdown.set()
-        self._wake.set()
+        self._halt_all()
+
+    def _on_loop_crash(self, error: BaseException | None) -> None:
+        logger.error("the event-loop thread stopped unexpectedly (%r); stopping the worker",
+                     error)
+        self._fatal = self._fatal or PgqException(
+            f"the event-loop thread for async handlers stopped unexpectedly ({error!r})"
+        )
+        self._halt_all()
 
     def _wait_for_running(self, timeout: timedelta | None) -> None:
-        deadline = None if timeout is None else timeout.total_seconds()
+        deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
         with self._idle:
             self._stopping = True
-            self._idle.wait_for(lambda: not self.job_context, deadline)
+            while self.job_context and not self._stop_now.is_set():
+                left = FINAL_WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._idle.wait(min(left, FINAL_WAIT_SLICE))
+        if self._stop_now.is_set():
+            logger.warning("second signal: stopping now")
 
     def _release_unfinished(self) -> None:
         with self._lock:
+            self._handing_back = True  # jobs claimed from now on go straight back
             running = dict(self.job_context)
             self._abandoned.update(running)
         for context in running.values():
             context.cancellation.cancel()
-        if not running:
+        self._hand_back(dict.fromkeys(running), "shutdown")
+
+    def _hand_back(self, jobs: dict[JobId, None], reason: str) -> None:
+        """Return this worker's picked jobs to the queue now, logging why."""
+        if not jobs:
             return
-        reason = PgqException("the worker shut down before the job finished")
+        error = PgqException("the worker shut down before the job finished")
         records = {
             job_id: TracebackRecord.from_exception(
-                reason, job_id=job_id,
+                error, job_id=job_id,
                 additional_context={"queue_manager_id": str(self.queue_manager_id),
-                                    "reason": "shutdown"},
+                                    "reason": reason},
             )
-            for job_id in running
+            for job_id in jobs
         }
         try:
             released = self.queries.release_jobs(records, self.queue_manager_id)
         except PgqException as exc:
             logger.error("could not hand %d running jobs back (%s); they will be re-picked "
-                         "once their heartbeat is stale", len(running), exc)
+                         "once their heartbeat is stale", len(jobs), exc)
             return
+        with self._lock:
+            for job_id in jobs:
+                self._claimed.pop(job_id, None)
         logger.warning("handed %d unfinished jobs back to the queue: %s",
                        len(released), sorted(released))
 
@@ -810,6 +1057,14 @@ async def _traced(tracer: TracingProtocol, job: Job, coroutine: Awaitable[Any]) 
     # Entered inside the event loop's task, so the span is current for the handler.
     with process_span(tracer, job):
         return await coroutine
+
+
+def _check_autocommit(driver: object) -> None:
+    if getattr(driver, "joins_caller_transaction", False):
+        raise ConfigurationError(
+            "the worker needs a connection in autocommit mode: its writes would stay in "
+            "an uncommitted transaction; use psycopg.connect(dsn, autocommit=True) or a pool"
+        )
 
 
 def _in_process(driver: object) -> bool:

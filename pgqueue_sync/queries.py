@@ -38,6 +38,7 @@ from .models import (
     dump_event,
     utc_now,
 )
+from .options import HEARTBEAT_TIMEOUT
 from .settings import DBSettings, db_settings
 from .sql.arrays import bytea_array, int_array, text_array
 from .sql.statements import Statements
@@ -62,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 _INT32 = (-(2**31), 2**31 - 1)
 JobOutcome = tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]
+#: A retry to record: the job, its delay and the record of why.
+JobRetry = tuple[Job | JobId | int, timedelta, TracebackRecord | None]
 ExecuteAfter = timedelta | datetime | None
 Headers = Mapping[str, Any] | None
 
@@ -85,6 +88,9 @@ class PollState:
     eligible: bool
     eta: timedelta | None
     queued: bool
+    #: Time until the next picked job of these entrypoints goes stale (may be
+    #: negative: already stale), or ``None`` when none is picked.
+    stale_eta: timedelta | None = None
 
 
 class Queries:
@@ -207,6 +213,7 @@ class Queries:
         *,
         completed: Sequence[JobOutcome] = (),
         results: Sequence[StoredResult] = (),
+        retries: Sequence[JobRetry] = (),
     ) -> list[Job]:
         """Claim up to ``batch_size`` jobs for ``queue_manager_id`` and log them ``picked``.
 
@@ -217,19 +224,25 @@ class Queries:
         than ``heartbeat_timeout``. Losing a seat race to another worker returns
         an empty list, never an error.
 
-        ``completed`` (the :meth:`log_jobs` argument) records finished jobs in
-        the same statement, saving a round trip per cycle; if the claim loses a
-        seat race they are still recorded, by a separate statement. ``results``
-        (see :meth:`log_jobs`) are stored with them.
+        ``completed`` and ``retries`` (the :meth:`log_jobs` arguments) record
+        this worker's finished jobs in the same statement, saving a round trip
+        per cycle, guarded as ``log_jobs(..., queue_manager_id=...)`` is; if
+        the claim loses a seat race they are still recorded, by a separate
+        statement. ``results`` (see :meth:`log_jobs`) are stored with them.
         """
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+
+        def finish_alone() -> None:
+            self.log_jobs(completed, results=results, retries=retries,
+                          queue_manager_id=queue_manager_id)
+
         if not entrypoints:
-            self.log_jobs(completed, results=results)
+            finish_alone()
             return []
         registered = _registered_params(entrypoints)
         budget = global_concurrency_limit or None
-        finish = _outcome_literals(completed)
+        finish = self._finish_params(completed, retries, queue_manager_id)
         stored = _result_literals(results) if finish else {}
         query = self.statements.dequeue(
             capacity=registered["capacity"], budget=budget is not None, finish=bool(finish),
@@ -250,11 +263,11 @@ class Queries:
             if exc.constraint_name != self.settings.index_name("picked_slot_idx"):
                 raise
             logger.debug("dequeue lost a concurrency seat race; treating as an empty batch")
-            self.log_jobs(completed, results=results)
+            finish_alone()
             return []
         except DeadlockDetected:
             logger.debug("dequeue deadlocked with another claim; treating as an empty batch")
-            self.log_jobs(completed, results=results)
+            finish_alone()
             return []
         except DatabaseError as exc:
             if not _results_failed(exc, stored):
@@ -263,19 +276,31 @@ class Queries:
             _log_lost_results(exc, results)
             return self.dequeue(
                 batch_size, entrypoints, queue_manager_id, global_concurrency_limit,
-                heartbeat_timeout, completed=completed,
+                heartbeat_timeout, completed=completed, retries=retries,
             )
         return [Job.from_row(row) for row in rows]
 
     # -- completion ------------------------------------------------------------------------
 
     def log_jobs(
-        self, job_status: Iterable[JobOutcome], *, results: Sequence[StoredResult] = ()
+        self,
+        job_status: Iterable[JobOutcome],
+        *,
+        results: Sequence[StoredResult] = (),
+        retries: Sequence[JobRetry] = (),
+        queue_manager_id: QueueManagerId | uuid.UUID | None = None,
     ) -> list[JobId]:
         """Record outcomes in one statement: delete (or hold as ``failed``) and log.
 
         Jobs whose row is already gone (e.g. cancelled meanwhile) are skipped
         without a log row. Returns the ids that were logged.
+
+        ``retries`` put jobs back to ``queued`` after their delay with
+        ``attempts + 1`` and a ``queued`` log row carrying the record, in the
+        same statement. With ``queue_manager_id`` (a worker recording its own
+        jobs) only rows still ``picked`` by that worker are touched, so sending
+        the same outcomes twice (after a lost reply) changes nothing. Held and
+        retried jobs wake idle workers with a ``table_changed_event``.
 
         ``results`` (:class:`~pgqueue_sync.results.StoredResult`, from a worker
         storing results) go into the opt-in results table in the same
@@ -283,35 +308,54 @@ class Queries:
         (e.g. the table was dropped), the outcomes are recorded without them
         and the loss is logged as an error.
         """
-        params = _outcome_literals(job_status)
+        params = self._finish_params(job_status, retries, queue_manager_id)
         if not params:
             return []
+        guarded = queue_manager_id is not None
         stored = _result_literals(results)
         if not stored:
-            rows = self.driver.fetch(self.statements.log_jobs, params)
+            rows = self.driver.fetch(self.statements.log_jobs(guarded=guarded), params)
             return [JobId(r["job_id"]) for r in rows]
         try:
-            rows = self.driver.fetch(self.statements.log_jobs_with_results, {**params, **stored})
+            rows = self.driver.fetch(
+                self.statements.log_jobs(guarded=guarded, results=True), {**params, **stored}
+            )
         except DatabaseError as exc:
             if not _results_failed(exc, stored):
                 raise
             _log_lost_results(exc, results)
-            rows = self.driver.fetch(self.statements.log_jobs, params)
+            rows = self.driver.fetch(self.statements.log_jobs(guarded=guarded), params)
         return [JobId(r["job_id"]) for r in rows]
+
+    def _finish_params(
+        self,
+        job_status: Iterable[JobOutcome],
+        retries: Iterable[JobRetry],
+        queue_manager_id: QueueManagerId | uuid.UUID | None,
+    ) -> dict[str, Any]:
+        literals = _outcome_literals(job_status, retries)
+        if not literals:
+            return {}
+        return {
+            **literals,
+            "queue_manager_id": queue_manager_id,
+            "channel": self.settings.channel,
+            "table": self.settings.bare_name("queue_table"),
+        }
 
     def retry_job(
         self,
         job: Job | JobId | int,
         delay: timedelta,
         traceback_record: TracebackRecord | None = None,
+        *,
+        queue_manager_id: QueueManagerId | uuid.UUID | None = None,
     ) -> bool:
-        """Re-queue one job after ``delay`` with ``attempts + 1``; False if the row is gone."""
-        params = {
-            "id": int(job.id if isinstance(job, Job) else job),
-            "delay": delay,
-            "traceback": Jsonb(traceback_record.to_json()) if traceback_record else None,
-        }
-        return bool(self.driver.fetch(self.statements.retry_job, params))
+        """Re-queue one job after ``delay`` with ``attempts + 1``; False if the row is gone
+        (or, with ``queue_manager_id``, no longer picked by that worker)."""
+        logged = self.log_jobs((), retries=[(job, delay, traceback_record)],
+                               queue_manager_id=queue_manager_id)
+        return bool(logged)
 
     def release_jobs(
         self,
@@ -330,6 +374,8 @@ class Queries:
             "tracebacks": [Jsonb(r.to_json()) for r in records.values()],
             "queue_manager_id": queue_manager_id,
         }
+        params["channel"] = self.settings.channel
+        params["table"] = self.settings.bare_name("queue_table")
         rows = self.driver.fetch(self.statements.release_jobs, params)
         return [JobId(r["job_id"]) for r in rows]
 
@@ -338,7 +384,12 @@ class Queries:
 
         Ids that are not held jobs are ignored.
         """
-        rows = self.driver.fetch(self.statements.requeue_jobs, {"ids": _ids(ids)})
+        params = {
+            "ids": _ids(ids),
+            "channel": self.settings.channel,
+            "table": self.settings.bare_name("queue_table"),
+        }
+        rows = self.driver.fetch(self.statements.requeue_jobs, params)
         return [JobId(r["id"]) for r in rows]
 
     def list_failed_jobs(
@@ -384,11 +435,19 @@ class Queries:
         params = {"channel": self.settings.channel, "payload": payload}
         self.driver.execute(self.statements.notify, params)
 
-    def update_heartbeat(self, job_ids: Iterable[int]) -> None:
-        """Set ``heartbeat = NOW()`` for the (deduplicated) running job ids."""
+    def update_heartbeat(
+        self,
+        job_ids: Iterable[int],
+        *,
+        queue_manager_id: QueueManagerId | uuid.UUID | None = None,
+    ) -> None:
+        """Set ``heartbeat = NOW()`` for the (deduplicated) running job ids; with
+        ``queue_manager_id`` only for rows still picked by that worker."""
         ids = sorted(set(_ids(job_ids)))
         if ids:
-            self.driver.execute(self.statements.update_heartbeat, {"ids": int_array(ids)})
+            query = self.statements.update_heartbeat(guarded=queue_manager_id is not None)
+            params = {"ids": int_array(ids), "queue_manager_id": queue_manager_id}
+            self.driver.execute(query, params)
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -420,11 +479,24 @@ class Queries:
         params = {"entrypoints": list(entrypoints)}
         return int(self.driver.fetch(self.statements.eligible_queued_work, params)[0]["count"])
 
-    def poll_state(self, entrypoints: Iterable[str]) -> PollState:
-        """Eligible work now? Delay to the next deferred job? Anything queued at all?"""
-        params = {"entrypoints": list(entrypoints)}
+    def poll_state(
+        self,
+        entrypoints: Iterable[str] | Mapping[str, EntrypointExecutionParameter | int],
+        heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT,
+    ) -> PollState:
+        """Eligible work now? Delay to the next deferred job? Anything queued at all?
+        When does the next picked job go stale? (Per-entrypoint stale timeouts
+        come from :class:`EntrypointExecutionParameter` values, else
+        ``heartbeat_timeout``.)"""
+        names, stale = _stale_timeouts(entrypoints)
+        params = {
+            "entrypoints": names,
+            "stale_after": stale,
+            "heartbeat_timeout": heartbeat_timeout,
+        }
         row = self.driver.fetch(self.statements.poll_state, params)[0]
-        return PollState(eligible=row["eligible"], eta=row["eta"], queued=row["queued"])
+        return PollState(eligible=row["eligible"], eta=row["eta"], queued=row["queued"],
+                         stale_eta=row["stale_eta"])
 
     def next_deferred_eta(self, entrypoints: Iterable[str]) -> timedelta | None:
         """Time until the soonest deferred job becomes eligible, or ``None``."""
@@ -533,22 +605,36 @@ class Queries:
         self.driver.execute(self.statements.truncate("schedules"))
 
 
-def _outcome_params(job_status: Iterable[JobOutcome]) -> dict[str, list[Any]]:
+def _outcome_params(
+    job_status: Iterable[JobOutcome], retries: Iterable[JobRetry] = ()
+) -> dict[str, list[Any]]:
+    # A retry travels as status 'queued' with its delay; outcomes have no delay.
     ids: list[int] = []
     statuses: list[str] = []
     tracebacks: list[Jsonb | None] = []
+    delays: list[timedelta | None] = []
     for job, status, record in job_status:
         _check_status(status)
+        if status == "queued":
+            raise ConfigurationError("'queued' is not an outcome; pass retries=[...] instead")
         ids.append(int(job.id if isinstance(job, Job) else job))
         statuses.append(status)
         tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
+        delays.append(None)
+    for job, delay, record in retries:
+        ids.append(int(job.id if isinstance(job, Job) else job))
+        statuses.append("queued")
+        tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
+        delays.append(delay)
     if not ids:
         return {}
-    return {"ids": ids, "statuses": statuses, "tracebacks": tracebacks}
+    return {"ids": ids, "statuses": statuses, "tracebacks": tracebacks, "delays": delays}
 
 
-def _outcome_literals(job_status: Iterable[JobOutcome]) -> dict[str, str]:
-    params = _outcome_params(job_status)
+def _outcome_literals(
+    job_status: Iterable[JobOutcome], retries: Iterable[JobRetry] = ()
+) -> dict[str, str]:
+    params = _outcome_params(job_status, retries)
     if not params:
         return {}
     return {
@@ -557,7 +643,19 @@ def _outcome_literals(job_status: Iterable[JobOutcome]) -> dict[str, str]:
         "tracebacks": text_array(
             None if t is None else json.dumps(t.obj) for t in params["tracebacks"]
         ),
+        "delays": text_array(
+            None if d is None else f"{d.total_seconds()} seconds" for d in params["delays"]
+        ),
     }
+
+
+def _stale_timeouts(
+    entrypoints: Iterable[str] | Mapping[str, EntrypointExecutionParameter | int],
+) -> tuple[list[str], list[timedelta | None]]:
+    if not isinstance(entrypoints, Mapping):
+        names = list(entrypoints)
+        return names, [None] * len(names)
+    return list(entrypoints), [_stale_after_of(v) for v in entrypoints.values()]
 
 
 def _result_literals(results: Sequence[StoredResult]) -> dict[str, str]:

@@ -9,6 +9,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .backoff import Backoff
+from .errors import PgqException
+
 logger = logging.getLogger(__name__)
 
 #: How long a stop() waits for each thread before warning and moving on.
@@ -63,15 +66,18 @@ class HandlerPool:
             fn, args = item
             try:
                 fn(*args)
-            except Exception:  # the loop must not die
+            except BaseException:  # the thread must not die, whatever a job raised
                 logger.exception("uncaught error in handler thread")
 
 
 class Ticker:
     """Calls ``fn()`` every ``interval`` seconds (± ``jitter`` fraction) in a named thread.
 
-    Errors from ``fn`` are logged and the ticker carries on. ``wake()`` runs
-    the next tick at once; ``stop()`` runs ``final`` (if given) on the thread.
+    When ``fn`` raises, the ticker backs off (:class:`~pgqueue_sync.backoff.Backoff`):
+    one log line per step (a traceback only for errors that are not
+    :class:`~pgqueue_sync.errors.PgqException`), no ``wake()`` shortcut while
+    failing, and one line when it works again. ``wake()`` runs the next tick
+    at once; ``stop()`` runs ``final`` (if given) on the thread.
     """
 
     def __init__(
@@ -89,7 +95,19 @@ class Ticker:
         self._jitter = jitter
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._backoff = Backoff()
+        self._last_error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def failing(self) -> bool:
+        """True while the last call of ``fn`` failed."""
+        return self._backoff.failing
+
+    @property
+    def last_error(self) -> Exception | None:
+        """What the last call of ``fn`` raised; ``None`` once a call succeeds."""
+        return self._last_error
 
     def start(self) -> Ticker:
         """Start the thread; returns self."""
@@ -114,17 +132,36 @@ class Ticker:
                 logger.warning("thread %s did not stop within %.1fs", self._thread.name, timeout)
 
     def _run(self) -> None:
+        delay = self._next_interval()
         while not self._stop.is_set():
-            self._wake.wait(self.interval * random.uniform(1 - self._jitter, 1 + self._jitter))
+            if self._backoff.failing:
+                self._stop.wait(delay)  # no wake() shortcut while failing
+            else:
+                self._wake.wait(delay)
             self._wake.clear()
             if self._stop.is_set():
                 break
-            self._call(self._fn)
+            delay = self._call(self._fn)
         if self._final is not None:
             self._call(self._final)
 
-    def _call(self, fn: Callable[[], object]) -> None:
+    def _next_interval(self) -> float:
+        return self.interval * random.uniform(1 - self._jitter, 1 + self._jitter)
+
+    def _call(self, fn: Callable[[], object]) -> float:
+        """Run ``fn``; returns the wait before the next call."""
         try:
             fn()
-        except Exception:  # the loop must not die
-            logger.exception("periodic task in %s failed", self._thread.name)
+        except Exception as exc:  # the loop must not die
+            self._last_error = exc
+            delay = self._backoff.failure()
+            logger.warning(
+                "%s failed (%s: %s); retrying in %.1fs", self._thread.name,
+                type(exc).__name__, exc, delay,
+                exc_info=None if isinstance(exc, PgqException) else exc,
+            )
+            return delay
+        self._last_error = None
+        if self._backoff.success():
+            logger.warning("%s works again", self._thread.name)
+        return self._next_interval()

@@ -213,8 +213,11 @@ def test_deferred_jobs_follow_the_injected_clock(frozen):
     queries = InMemoryQueries(InMemoryDriver(clock=frozen), settings=DBSettings())
     queries.enqueue("a", None, execute_after=timedelta(hours=1))
     queries.enqueue("a", None, execute_after=T0 + timedelta(hours=2))
-    queries.enqueue("a", None)  # execute_after == NOW(): not yet (strict <)
-    assert claim(queries, {"a": 0}) == []
+    [due_now] = queries.enqueue("a", None)  # execute_after == NOW(): due (<=, as PgQueuer 2)
+    worker = uuid.uuid4()
+    assert [j.id for j in queries.dequeue(10, {"a": 0}, worker, None, HB)] == [due_now]
+    back = TracebackRecord.from_exception(RuntimeError("back"), job_id=due_now)
+    assert queries.release_jobs({due_now: back}, worker) == [due_now]
     assert queries.queued_work(["a"]) == 3 and queries.queued_work(["b"]) == 0
     assert queries.eligible_queued_work(["a"]) == 1  # the probe uses <=
     assert queries.next_deferred_eta(["a"]) == timedelta(hours=1)
@@ -226,12 +229,13 @@ def test_deferred_jobs_follow_the_injected_clock(frozen):
         queries.log_jobs([(j, "successful", None) for j in jobs])
         return len(jobs)
 
+    assert run_due() == 1  # the released job, due since T0
     frozen.advance(timedelta(hours=1))
-    assert run_due() == 1
+    assert run_due() == 1  # due exactly now
+    assert queries.next_deferred_eta(["a"]) == timedelta(hours=1)
+    frozen.advance(timedelta(hours=1) - timedelta(microseconds=1))
+    assert run_due() == 0
     frozen.advance(timedelta(microseconds=1))
-    assert run_due() == 1
-    assert queries.next_deferred_eta(["a"]) == timedelta(hours=1) - timedelta(microseconds=1)
-    frozen.advance(timedelta(hours=2))
     assert run_due() == 1
     assert queries.poll_state(["a"]) == type(state)(eligible=False, eta=None, queued=False)
 
@@ -341,8 +345,8 @@ def test_stale_job_beats_lower_priority_fresh_work_and_counts_against_budget(mem
 
 def test_dequeue_records_completed_jobs_seen_as_running_by_the_claim(mem):
     ids = mem.enqueue(["lim"] * 3, [None] * 3)
-    first = claim(mem, {"lim": 1})
     worker = uuid.uuid4()
+    first = mem.dequeue(10, {"lim": 1}, worker, None, HB)
     # As in the single SQL statement, the finished job still holds its seat here.
     assert (
         mem.dequeue(1, {"lim": 1}, worker, None, HB, completed=[(first[0], "successful", None)])
@@ -425,10 +429,10 @@ def test_retry_with_delay_is_claimable_only_after_the_clock_passes_it(frozen):
     last = queries.queue_log()[-1]
     assert (last.job_id, last.status) == (job_id, "queued")
     assert last.traceback.additional_context["retry_delay"] == "0:01:00"
-    frozen.advance(timedelta(seconds=60))
-    assert claim(queries, {"a": 0}) == []  # execute_after == NOW(): strict
+    frozen.advance(timedelta(seconds=60) - timedelta(microseconds=1))
+    assert claim(queries, {"a": 0}) == []
     frozen.advance(timedelta(microseconds=1))
-    [again] = claim(queries, {"a": 0})
+    [again] = claim(queries, {"a": 0})  # execute_after == NOW(): due (<=)
     assert (again.id, again.attempts, again.payload, again.priority) == (job_id, 1, b"p", 3)
     assert again.headers == {"h": 1}
     assert queries.retry_job(123456, timedelta(0)) is False
@@ -480,7 +484,7 @@ def test_health_check_is_sent_to_listeners(mem):
 # -- notifications -------------------------------------------------------------------------
 
 
-def test_notifications_fire_on_insert_delete_truncate_but_never_on_updates(mem):
+def test_notifications_fire_on_insert_delete_truncate_and_on_requeues_not_claims(mem):
     payloads = listen(mem)
     [job_id] = mem.enqueue("a", None, dedupe_key="k")
     mem.enqueue("a", None, dedupe_key="k", on_conflict="skip")  # INSERT ran, nothing inserted
@@ -490,19 +494,23 @@ def test_notifications_fire_on_insert_delete_truncate_but_never_on_updates(mem):
     del payloads[:]
     [job] = claim(mem, {"a": 0})
     mem.update_heartbeat([job_id])
-    mem.retry_job(job, timedelta(0))
-    [job] = claim(mem, {"a": 0})
-    mem.requeue_jobs([job_id])
+    mem.requeue_jobs([job_id])  # not held: nothing changes, nothing sent
     mem.list_failed_jobs()
     mem.aggregate_logs()
     mem.insert_schedule({("s", "* * * * *"): timedelta(0)})
     assert payloads == []
-    mem.log_jobs([(job, "failed", None)])  # hold is an UPDATE, but the DELETE still runs
+    # A retry wakes idle workers (an UPDATE; the statement's DELETE part runs too).
+    mem.retry_job(job, timedelta(0))
+    assert kinds(payloads) == [("table_changed_event", op) for op in ("update", "delete")]
+    del payloads[:]
+    [job] = claim(mem, {"a": 0})
+    assert payloads == []
+    mem.log_jobs([(job, "failed", None)])  # a hold frees a seat: update (and the DELETE runs)
     mem.log_jobs([(job_id, "successful", None)])
     mem.clear_queue("nothing")
     mem.clear_queue()
     assert kinds(payloads) == [
-        ("table_changed_event", op) for op in ("delete",) * 3 + ("truncate",)
+        ("table_changed_event", op) for op in ("update",) + ("delete",) * 3 + ("truncate",)
     ]
 
 

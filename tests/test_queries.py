@@ -396,8 +396,8 @@ def test_job_status_reports_latest_transition(queries):
 
 def test_dequeue_records_completed_jobs_in_the_same_statement(queries, conn):
     ids = queries.enqueue(["a"] * 4, [None] * 4)
-    first = claim(queries, {"a": 0}, batch=2)
     worker = uuid.uuid4()
+    first = claim(queries, {"a": 0}, batch=2, worker=worker)
     more = queries.dequeue(
         2,
         {"a": 0},
@@ -416,7 +416,8 @@ def test_completed_jobs_are_recorded_even_when_the_claim_loses_a_seat_race(
     connect, settings, queries
 ):
     ids = queries.enqueue(["lim"] * 3 + ["x"], [None] * 4)
-    [done] = claim(queries, {"x": 0})
+    racing_worker = uuid.uuid4()
+    [done] = claim(queries, {"x": 0}, worker=racing_worker)
     holder_conn = connect(autocommit=False)
     holder = Queries(SyncPsycopgDriver(holder_conn), settings=settings)
     racer = new_queries(connect, settings)
@@ -427,7 +428,7 @@ def test_completed_jobs_are_recorded_even_when_the_claim_loses_a_seat_race(
                 racer.dequeue,
                 2,
                 {"lim": 2},
-                uuid.uuid4(),
+                racing_worker,
                 None,
                 HB,
                 completed=[(done, "successful", None)],

@@ -73,9 +73,18 @@ def translate(exc: psycopg.Error) -> DatabaseError:
             "(and check PGQUEUER_PREFIX / PGQUEUER_SCHEMA)",
             sqlstate=sqlstate,
         )
-    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.QueryCanceled):
+    if _connection_lost(exc, sqlstate):
         return ConnectionFailed(message, sqlstate=sqlstate)
     return DatabaseError(message, sqlstate=sqlstate)
+
+
+def _connection_lost(exc: psycopg.Error, sqlstate: str | None) -> bool:
+    # Client-side failures (a dropped socket, a closed connection, a pool that
+    # timed out) carry no SQLSTATE; the server's own connection states are
+    # class 08 and the shutdown codes 57P01-57P03.
+    if sqlstate is None:
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    return sqlstate[:2] == "08" or sqlstate in ("57P01", "57P02", "57P03")
 
 
 def _first_line(exc: BaseException) -> str:

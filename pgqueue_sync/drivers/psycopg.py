@@ -18,6 +18,14 @@ from .base import Driver, Params, Query, Row, translate_errors
 class SyncPsycopgDriver:
     """Runs statements on one psycopg connection; thread-safe.
 
+    On an autocommit connection the driver **reconnects** when it finds the
+    connection lost (a killed backend, a server restart): the statement that
+    hit the loss raises :class:`~pgqueue_sync.errors.ConnectionFailed`, and
+    the next one runs on a fresh connection to the same server (same
+    parameters, password included). :attr:`connection` then names the new
+    connection. A statement is never re-sent by the driver itself: it cannot
+    know whether the lost one committed.
+
     On an autocommit connection each statement commits by itself and
     :meth:`transaction` opens a real transaction. On a connection that is not in
     autocommit mode the driver **joins the caller's transaction**: statements
@@ -34,14 +42,23 @@ class SyncPsycopgDriver:
         if connection.closed:
             raise ConnectionFailed("the psycopg connection is closed; pass an open connection")
         self.connection = connection
+        # Read now: a lost connection can no longer tell where it was connected.
+        info = connection.info
+        self._conninfo = psycopg.conninfo.make_conninfo(info.dsn, password=info.password or None)
         # An RLock, so a transaction() block can call fetch() on the same thread.
         self._lock = threading.RLock()
 
     def new_connection(self) -> psycopg.Connection[Any]:
         """Open another autocommit connection to the same server (e.g. for LISTEN)."""
-        info = self.connection.info
-        conninfo = psycopg.conninfo.make_conninfo(info.dsn, password=info.password or None)
-        return connect(conninfo)
+        return connect(self._conninfo)
+
+    def _live_connection(self) -> psycopg.Connection[Any]:
+        # Called with the lock held. Only an autocommit connection is replaced: a
+        # lost caller transaction is the caller's to handle (it rolled back).
+        conn = self.connection
+        if conn.closed and conn.autocommit:
+            self.connection = conn = connect(self._conninfo)
+        return conn
 
     @property
     def joins_caller_transaction(self) -> bool:
@@ -50,8 +67,10 @@ class SyncPsycopgDriver:
 
     def fetch(self, query: Query, params: Params = None) -> list[Row]:
         """Run one statement; see :meth:`Driver.fetch`."""
-        with self._lock, translate_errors():
-            return _fetch(self.connection, query, params)
+        with self._lock:
+            conn = self._live_connection()
+            with translate_errors():
+                return _fetch(conn, query, params)
 
     def execute(self, query: Query, params: Params = None) -> None:
         """Run one statement and discard its rows."""
@@ -67,7 +86,8 @@ class SyncPsycopgDriver:
             if self.joins_caller_transaction:
                 yield self
                 return
-            with translate_errors(), self.connection.transaction():
+            conn = self._live_connection()
+            with translate_errors(), conn.transaction():
                 yield self
 
 
@@ -133,6 +153,10 @@ def _dict_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
 
 #: What :func:`connect`'s error tells the user to check, by default.
 CONNECT_HINT = "check --dsn / PGQUEUE_SYNC_DSN and that the server is running"
+#: Seconds a new connection may take when neither the DSN nor libpq's
+#: environment (``PGCONNECT_TIMEOUT``) sets ``connect_timeout``: a host that
+#: accepts and never answers must not hang a worker or a command.
+DEFAULT_CONNECT_TIMEOUT = 10
 
 
 def connect(
@@ -140,15 +164,39 @@ def connect(
 ) -> psycopg.Connection[Any]:
     """Open a psycopg connection (autocommit by default), raising :class:`ConnectionFailed`.
 
-    The message names the target without its password, then ``hint``.
+    Applies :data:`DEFAULT_CONNECT_TIMEOUT` unless a timeout is set. The
+    message names the target without its password, then ``hint``.
     """
+    if "connect_timeout" not in kwargs:
+        conninfo = with_connect_timeout(conninfo)
     try:
         return psycopg.connect(conninfo, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL ({describe_conninfo(conninfo)}): {_brief(exc)}; "
-            f"{hint}"
+            f"{hint}",
+            sqlstate=getattr(exc, "sqlstate", None),
         ) from exc
+
+
+def with_connect_timeout(conninfo: str, seconds: int = DEFAULT_CONNECT_TIMEOUT) -> str:
+    """``conninfo`` with ``connect_timeout=seconds`` added, unless the DSN or libpq's
+    defaults (its environment variables) already set one."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return conninfo  # let connect() report the unparsable DSN
+    if params.get("connect_timeout") is not None or _libpq_default("connect_timeout"):
+        return conninfo
+    return psycopg.conninfo.make_conninfo(conninfo, connect_timeout=seconds)
+
+
+def _libpq_default(keyword: str) -> str | None:
+    # libpq resolves its own environment variables (PGCONNECT_TIMEOUT, ...).
+    for option in psycopg.pq.Conninfo.get_defaults():
+        if option.keyword.decode() == keyword and option.val is not None:
+            return option.val.decode()
+    return None
 
 
 def describe_conninfo(conninfo: str) -> str:

@@ -120,13 +120,14 @@ logged AS (
 
         ``capacity``: some entrypoint has a fleet-wide ``concurrency_limit``;
         ``budget``: the worker has a ``max_concurrent_tasks`` budget;
-        ``finish``: first record finished jobs (the ``log_jobs`` parameters) in
-        the same statement. The claim's snapshot still counts those jobs as
-        running, so piggybacking can only under-claim, never overshoot a limit.
+        ``finish``: first record this worker's finished jobs and retries (the
+        guarded ``log_jobs`` parameters) in the same statement. The claim's
+        snapshot still counts those jobs as running, so piggybacking can only
+        under-claim, never overshoot a limit.
         ``results`` (with ``finish``): also store results (the ``result_*``
         parameters) in the opt-in results table.
         """
-        parts = [_FINISH, _FINISHED_LOG] if finish else []
+        parts = [_finish(guarded=True), _FINISHED_LOG] if finish else []
         if finish and results:
             parts.append(STORE_RESULTS_CTE)
         parts.append(_REGISTERED)
@@ -147,31 +148,14 @@ logged AS (
 
     # -- completion, retry, hold -----------------------------------------------------------
 
-    @functools.cached_property
-    def log_jobs(self) -> sql.SQL:
-        """Finish jobs: delete (or hold as ``failed``) and log only rows that still existed."""
-        return self._sql("WITH " + _FINISH + _LOG_FINISHED)
-
-    @functools.cached_property
-    def log_jobs_with_results(self) -> sql.SQL:
-        """:attr:`log_jobs`, also storing results (the ``result_*`` parameters)."""
-        return self._sql("WITH " + _FINISH + ",\n" + STORE_RESULTS_CTE + _LOG_FINISHED)
-
-    @functools.cached_property
-    def retry_job(self) -> sql.SQL:
-        """Put one job back to ``queued`` after a delay, counting the attempt."""
-        return self._sql("""
-WITH retried AS (
-    UPDATE {queue}
-    SET status = 'queued', execute_after = NOW() + %(delay)s::interval,
-        attempts = attempts + 1, updated = NOW(), queue_manager_id = NULL
-    WHERE id = %(id)s
-    RETURNING id, entrypoint, priority
-)
-INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
-SELECT id, 'queued', entrypoint, priority, %(traceback)s::jsonb FROM retried
-RETURNING job_id
-""")
+    @functools.cache  # noqa: B019 - four variants
+    def log_jobs(self, *, guarded: bool, results: bool = False) -> sql.SQL:
+        """Finish jobs: delete, hold as ``failed`` or retry (``queued`` with a delay), and
+        log only rows that changed. ``guarded``: only rows still picked by
+        ``%(queue_manager_id)s``. ``results``: also store results (the
+        ``result_*`` parameters)."""
+        store = ",\n" + STORE_RESULTS_CTE if results else ""
+        return self._sql("WITH " + _finish(guarded) + store + _LOG_FINISHED)
 
     @functools.cached_property
     def requeue_jobs(self) -> sql.SQL:
@@ -182,7 +166,7 @@ WITH requeued AS (
     SET status = 'queued', execute_after = NOW(), updated = NOW(),
         attempts = 0, queue_manager_id = NULL
     WHERE id = ANY(%(ids)s::bigint[]) AND status = 'failed'
-    RETURNING id, entrypoint, priority
+    RETURNING id, entrypoint, priority, """ + _WAKE + """ AS woke
 ),
 logged AS (
     INSERT INTO {log} (job_id, status, entrypoint, priority)
@@ -203,7 +187,7 @@ released AS (
     SET status = 'queued', execute_after = NOW(), updated = NOW(), queue_manager_id = NULL
     FROM given g
     WHERE q.id = g.id AND q.status = 'picked' AND q.queue_manager_id = %(queue_manager_id)s
-    RETURNING q.id, q.entrypoint, q.priority, g.traceback
+    RETURNING q.id, q.entrypoint, q.priority, g.traceback, """ + _WAKE + """ AS woke
 )
 INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
 SELECT id, 'queued', entrypoint, priority, traceback FROM released
@@ -212,8 +196,16 @@ RETURNING job_id
 
     @functools.cached_property
     def poll_state(self) -> sql.SQL:
-        """One probe for the idle wait: is work eligible now, when is the next deferred job."""
+        """One probe for the idle wait: is work eligible now, when is the next deferred
+        job, is anything queued, and when does the next picked job go stale (its
+        heartbeat older than its entrypoint's stale timeout; ``%(stale_after)s``
+        per entrypoint, ``NULL`` for ``%(heartbeat_timeout)s``)."""
         return self._sql("""
+WITH registered AS (
+    SELECT r.entrypoint,
+           COALESCE(r.stale_after, %(heartbeat_timeout)s::interval) AS stale_after
+    FROM unnest(%(entrypoints)s::text[], %(stale_after)s::interval[]) AS r(entrypoint, stale_after)
+)
 SELECT
     EXISTS (
         SELECT 1 FROM {queue} WHERE status = 'queued'
@@ -226,14 +218,22 @@ SELECT
     EXISTS (
         SELECT 1 FROM {queue} WHERE status = 'queued'
         AND entrypoint = ANY(%(entrypoints)s::text[])
-    ) AS queued
+    ) AS queued,
+    (
+        SELECT min(q.heartbeat + r.stale_after) FROM {queue} q
+        JOIN registered r ON r.entrypoint = q.entrypoint
+        WHERE q.status = 'picked'
+    ) - NOW() AS stale_eta
 """)
 
-    @functools.cached_property
-    def update_heartbeat(self) -> sql.SQL:
-        """Touch the heartbeat of running jobs (no status guard, as in PgQueuer)."""
+    @functools.cache  # noqa: B019 - two variants
+    def update_heartbeat(self, *, guarded: bool) -> sql.SQL:
+        """Touch the heartbeat of running jobs; ``guarded``: only rows still picked by
+        ``%(queue_manager_id)s`` (PgQueuer's has no guard)."""
+        guard = " AND status = 'picked' AND queue_manager_id = %(queue_manager_id)s"
         return self._sql(
             "UPDATE {queue} SET heartbeat = NOW() WHERE id = ANY(%(ids)s::bigint[])"
+            + (guard if guarded else "")
         )
 
     @functools.cached_property
@@ -439,38 +439,68 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
         )
 
 
-# Recording outcomes: delete finished rows (hold 'failed' ones) and log only
-# rows that still existed, so a job cancelled meanwhile is not logged twice.
+# Recording outcomes: delete finished rows, hold 'failed' ones, put retries
+# ('queued' with a delay) back, and log only rows the statement really changed,
+# so a job cancelled meanwhile is not logged twice. The worker's variant is
+# guarded: it only touches rows still picked by that worker, so re-sending it
+# after a lost reply changes nothing. Held and retried rows wake idle
+# listeners (UPDATEs fire no trigger): pg_notify in RETURNING runs once per
+# changed row, and PostgreSQL delivers identical payloads of one transaction once.
 _FINISH = """done AS (
-    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback
-    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]::{status}[], %(tracebacks)s::jsonb[])
-        AS d(id, status, traceback)
+    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback, d.delay
+    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]::{status}[], %(tracebacks)s::jsonb[],
+                %(delays)s::interval[])
+        AS d(id, status, traceback, delay)
 ),
 removed AS (
     DELETE FROM {queue} q USING done d
-    WHERE q.id = d.id AND d.status <> 'failed'
+    WHERE q.id = d.id AND d.status NOT IN ('failed', 'queued') GUARD
     RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
 ),
 held AS (
     UPDATE {queue} q SET status = 'failed', updated = NOW(), queue_manager_id = NULL
     FROM done d
-    WHERE q.id = d.id AND d.status = 'failed'
-    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
+    WHERE q.id = d.id AND d.status = 'failed' GUARD
+    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback, WAKE AS woke
+),
+retried AS (
+    UPDATE {queue} q
+    SET status = 'queued', execute_after = NOW() + COALESCE(d.delay, interval '0'),
+        attempts = q.attempts + 1, updated = NOW(), queue_manager_id = NULL
+    FROM done d
+    WHERE q.id = d.id AND d.status = 'queued' GUARD
+    RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback, WAKE AS woke
 )"""
 
-_LOG_FINISHED = """
-INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
+#: Only rows still picked by the writing worker (the idempotence guard).
+_GUARD = "AND q.status = 'picked' AND q.queue_manager_id = %(queue_manager_id)s"
+
+#: A ``table_changed_event`` shaped as the trigger builds it, operation ``update``.
+_WAKE = (
+    "pg_notify(%(channel)s::text, json_build_object('channel', %(channel)s::text, "
+    "'operation', 'update', 'sent_at', NOW(), 'table', %(table)s::text, "
+    "'type', 'table_changed_event')::text)"
+)
+
+
+def _finish(guarded: bool) -> str:
+    return _FINISH.replace("GUARD", _GUARD if guarded else "").replace("WAKE", _WAKE)
+
+
+_FINISHED_ROWS = """
 SELECT id, status, entrypoint, priority, traceback FROM removed
 UNION ALL
 SELECT id, status, entrypoint, priority, traceback FROM held
+UNION ALL
+SELECT id, status, entrypoint, priority, traceback FROM retried"""
+
+_LOG_FINISHED = """
+INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)""" + _FINISHED_ROWS + """
 RETURNING job_id
 """
 
 _FINISHED_LOG = """finished_log AS (
-    INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)
-    SELECT id, status, entrypoint, priority, traceback FROM removed
-    UNION ALL
-    SELECT id, status, entrypoint, priority, traceback FROM held
+    INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)""" + _FINISHED_ROWS + """
 )"""
 
 # The dequeue pipeline (PgQueuer 1.6 semantics, our own SQL). Steps are CTEs
@@ -502,7 +532,7 @@ limited_window AS (
     FROM open_limited o
     CROSS JOIN LATERAL (
         SELECT q.id FROM {queue} q
-        WHERE q.entrypoint = o.entrypoint AND q.status = 'queued' AND q.execute_after < NOW()
+        WHERE q.entrypoint = o.entrypoint AND q.status = 'queued' AND q.execute_after <= NOW()
         ORDER BY q.priority DESC, q.id ASC
         LIMIT o.room
     ) w
@@ -510,7 +540,7 @@ limited_window AS (
 fresh_limited AS (
     SELECT q.id, q.priority, q.entrypoint FROM {queue} q
     WHERE q.id IN (SELECT id FROM limited_window)
-      AND q.status = 'queued' AND q.execute_after < NOW()
+      AND q.status = 'queued' AND q.execute_after <= NOW()
     FOR UPDATE SKIP LOCKED
 ),
 free_seats AS (
@@ -534,7 +564,7 @@ _FRESH_OPEN = """fresh_open AS (
     FROM registered r
     CROSS JOIN LATERAL (
         SELECT q.id, q.priority, q.entrypoint FROM {queue} q
-        WHERE q.entrypoint = r.entrypoint AND q.status = 'queued' AND q.execute_after < NOW()
+        WHERE q.entrypoint = r.entrypoint AND q.status = 'queued' AND q.execute_after <= NOW()
         ORDER BY q.priority DESC, q.id ASC
         LIMIT %(batch)s
         FOR UPDATE SKIP LOCKED
@@ -550,7 +580,7 @@ _STALE = """stale AS (
     FROM {queue} q JOIN registered r ON r.entrypoint = q.entrypoint
     WHERE q.status = 'picked'
       AND q.heartbeat < NOW() - r.stale_after
-      AND q.execute_after < NOW()
+      AND q.execute_after <= NOW()
     ORDER BY q.priority DESC, q.id ASC
     LIMIT %(batch)s
     FOR UPDATE OF q SKIP LOCKED

@@ -123,7 +123,8 @@ class CompletionBuffer:
     is queued; the dispatcher may also :meth:`take` a batch to send with its
     next claim. :meth:`add` is thread-safe and never blocks on I/O.
     ``on_written(jobs)`` runs after each successful write (the worker stops
-    heartbeating those jobs then, not before).
+    heartbeating those jobs then, not before). ``current(job)`` gives the row as
+    the worker last claimed it, whose ``updated`` guards the write.
     """
 
     def __init__(
@@ -132,11 +133,13 @@ class CompletionBuffer:
         *,
         owner: QueueManagerId,
         max_size: int,
+        current: Callable[[Job], Job] = lambda job: job,
         name: str = "pgqueue_sync-flusher",
         on_written: Callable[[list[Job]], None] = lambda jobs: None,
     ) -> None:
         self._writer = writer
         self._owner = owner
+        self._current = current
         self._max_size = max_size
         self._on_written = on_written
         self._lock = threading.Lock()
@@ -163,13 +166,18 @@ class CompletionBuffer:
 
     def take(self) -> Batch:
         """Remove and return the queued outcomes, for a caller that writes them itself
-        (the dispatcher sends them with its next claim). Pair with :meth:`restore`
-        on failure and :meth:`written` on success."""
+        (the dispatcher sends them with its next claim): send :meth:`prepared`
+        of it, then :meth:`written` (with what was sent) on success or
+        :meth:`restore` (with what was taken) on failure."""
         with self._lock:
             if self._isolate:
                 return Batch()
             items, self._items = self._items, []
-            return Batch(items)
+        return Batch(items)
+
+    def prepared(self, batch: Batch) -> Batch:
+        """``batch`` as it must be sent: each job with the claim token current now."""
+        return Batch([dataclasses.replace(f, job=self._current(f.job)) for f in batch.items])
 
     def restore(self, batch: Batch, *, isolate: bool = False) -> None:
         """Put back a batch that :meth:`take` returned but could not be written;
@@ -218,7 +226,7 @@ class CompletionBuffer:
         while chunks:
             chunk = chunks.pop(0)
             try:
-                self._send(chunk)
+                sent = self._send(chunk)
             except DatabaseError as exc:
                 retry_as = self._after_refusal(chunk, exc)
                 if retry_as is None:
@@ -229,7 +237,7 @@ class CompletionBuffer:
                 self._put_back([f for c in [chunk, *chunks] for f in c])
                 raise
             else:
-                self._on_written([f.job for f in chunk])
+                self._on_written(sent.jobs)
 
     def _after_refusal(
         self, chunk: list[Finished], exc: DatabaseError
@@ -249,12 +257,13 @@ class CompletionBuffer:
         )
         return [[bare]]
 
-    def _send(self, chunk: list[Finished]) -> None:
-        batch = Batch(chunk)
+    def _send(self, chunk: list[Finished]) -> Batch:
+        batch = self.prepared(Batch(chunk))
         self._writer.log_jobs(
             batch.outcomes, results=batch.results, retries=batch.retries,
             queue_manager_id=self._owner,
         )
+        return batch
 
     def _put_back(self, items: list[Finished]) -> None:
         with self._lock:

@@ -942,18 +942,21 @@ def _finish(
 ) -> list[JobId]:
     """The completion write: delete, hold ``failed`` or retry (``queued``) and log rows
     that still exist (with ``queue_manager_id``: still picked by that worker)."""
-    done: dict[int, tuple[JOB_STATUS, Any, timedelta | None]] = {}
-    for job_id, status, record, delay in zip(
-        params["ids"], params["statuses"], params["tracebacks"], params["delays"], strict=True
+    done: dict[int, tuple[JOB_STATUS, Any, timedelta | None, datetime | None]] = {}
+    for job_id, status, record, delay, claimed in zip(
+        params["ids"], params["statuses"], params["tracebacks"], params["delays"],
+        params["claimed"], strict=True,
     ):
         stored = None if record is None else _json_copy(record.obj)
-        done.setdefault(job_id, (cast("JOB_STATUS", status), stored, delay))
+        done.setdefault(job_id, (cast("JOB_STATUS", status), stored, delay, claimed))
     removed: list[tuple[_JobRow, JOB_STATUS, Any]] = []
     updated: list[tuple[_JobRow, JOB_STATUS, Any]] = []
-    for job_id, (status, record, delay) in done.items():
+    for job_id, (status, record, delay, claimed) in done.items():
         row = s.db.jobs.get(job_id)
         if row is None or not _guard_passes(row, queue_manager_id):
             continue
+        if queue_manager_id is not None and claimed is not None and row.updated != claimed:
+            continue  # the same worker claimed it anew since
         if status == "queued":
             s.reactivate([row])
             row.status, row.execute_after = "queued", s.now + (delay or timedelta(0))

@@ -31,14 +31,14 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from . import options
 from .aio import EscapedBaseException, EventLoopThread
 from .backoff import Backoff
-from .buffers import CompletionBuffer, Finished, Heartbeats
+from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
 from .cancellation import CancellationToken, Context, JobCancelled
 from .capacity import Capacity
 from .errors import (
@@ -125,12 +125,15 @@ class QueueManager:
         self.entrypoint_registry: dict[str, _Registration] = {}
         self.job_context: dict[JobId, Context] = {}
         self.jobs_logged = 0
+        #: How many times the dispatcher has entered its idle wait (for tests and
+        #: probes: "the worker is idle, waiting for a notification").
+        self.idle_waits = 0
         # A plain Lock on the hot path; the Condition only serves the final wait.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        # Jobs to heartbeat: claimed and not yet recorded (a finished job stays
-        # here until its outcome is written). job id -> (claimed at, beat period)
-        self._claimed: dict[int, tuple[float, float]] = {}
+        # Jobs held by this worker: claimed and not yet recorded (a finished job
+        # stays until its outcome is written); heartbeats and write guards read it.
+        self._claimed: dict[int, _Held] = {}
         self._beat_period: dict[str, float] = {}
         self._wake = threading.Event()
         self._abandoned: set[int] = set()
@@ -449,7 +452,7 @@ class QueueManager:
         # on its ~100 ms timer when no claim comes, or once a few batches pile up.
         # Stopped (with a final flush) by _finalize, before the heartbeats.
         self._buffer = CompletionBuffer(
-            self.queries, owner=self.queue_manager_id,
+            self.queries, owner=self.queue_manager_id, current=self._current_claim,
             max_size=opts.batch_size * options.OUTCOME_BATCHES_BEFORE_FLUSH,
             on_written=self._on_written,
         )
@@ -579,6 +582,7 @@ class QueueManager:
             self._halt_all()
             return
         queued = state.queued or writes_pending
+        self.idle_waits += 1
         self._wake.wait(self._idle_wait(opts, state, queued))
 
     def _check_writes(self, opts: options.RunOptions) -> None:
@@ -684,8 +688,9 @@ class QueueManager:
         # Outcomes ride along with the claim: one round trip and one commit per cycle.
         assert self._buffer is not None
         finished = self._buffer.take()
+        sent = self._buffer.prepared(finished)
         try:
-            jobs = self._claim_with(opts, batch, eps, finished)
+            jobs = self._claim_with(opts, batch, eps, sent)
         except DatabaseError as exc:
             if not finished or exc.transient:
                 self._buffer.restore(finished)
@@ -693,11 +698,11 @@ class QueueManager:
             # The database refused something in the outcomes, not necessarily the
             # claim: the flusher finds the bad one; claim without them meanwhile.
             self._buffer.restore(finished, isolate=True)
-            return self._claim_with(opts, batch, eps, self._buffer.take())
+            return self._claim_with(opts, batch, eps, Batch())
         except BaseException:
             self._buffer.restore(finished)
             raise
-        self._buffer.written(finished)
+        self._buffer.written(sent)
         return jobs
 
     def _claim_with(
@@ -705,7 +710,7 @@ class QueueManager:
         opts: options.RunOptions,
         batch: int,
         eps: dict[str, EntrypointExecutionParameter],
-        finished: Any,
+        finished: Batch,
     ) -> list[Job]:
         return self.queries.dequeue(
             batch, eps, self.queue_manager_id, opts.max_concurrent_tasks,
@@ -734,7 +739,15 @@ class QueueManager:
 
     def _running_snapshot(self) -> dict[int, tuple[float, float]]:
         with self._lock:
-            return dict(self._claimed)
+            return {i: (h.claimed_at, h.period) for i, h in self._claimed.items()}
+
+    def _current_claim(self, job: Job) -> Job:
+        """The row an outcome of ``job`` must be written against: ``job`` itself, or our
+        own stale re-pick of it while it still ran here (which renewed the claim
+        token, the ``updated`` that guards the write)."""
+        with self._lock:
+            held = self._claimed.get(job.id)
+        return held.job if held is not None and held.origin == job.updated else job
 
     def _running(self) -> int:
         with self._lock:
@@ -748,11 +761,20 @@ class QueueManager:
         with self._lock:
             # Our own stale re-pick of a job still running (or whose outcome is not
             # written yet) here: the first run's outcome will finish it.
-            rerun = job.id in self._claimed
+            held = self._claimed.get(job.id)
+            # Our own stale re-pick of a job still running here: the running handler's
+            # outcome will finish it, written against this claim (renewed token).
+            rerun = held is not None and job.id in self.job_context
             late = self._handing_back
-            if not rerun and not late:
+            if rerun and held is not None:
+                self._claimed[job.id] = held._replace(job=job)
+            elif not late:
+                # A new run. If an outcome of an earlier claim is still pending here
+                # (its reply was lost after a retry committed), that write keeps its
+                # old token and changes nothing.
                 self.job_context[job.id] = context
-                self._claimed[job.id] = (time.monotonic(), self._beat_period[job.entrypoint])
+                self._claimed[job.id] = _Held(job, job.updated, time.monotonic(),
+                                              self._beat_period[job.entrypoint])
         assert self._capacity is not None
         if rerun or late:
             self._capacity.finished(None)
@@ -914,7 +936,9 @@ class QueueManager:
     def _on_written(self, jobs: list[Job]) -> None:
         with self._lock:
             for job in jobs:
-                self._claimed.pop(job.id, None)  # recorded: stop its heartbeat
+                held = self._claimed.get(job.id)
+                if held is not None and held.job.updated == job.updated:
+                    del self._claimed[job.id]  # recorded: stop its heartbeat
         self.jobs_logged += len(jobs)
         # A written outcome may free a fleet-wide seat: claim again.
         self._wake.set()
@@ -954,6 +978,9 @@ class QueueManager:
         try:
             self.queries.notify_health_check(probe_id)
             return received.wait(seconds)
+        except DatabaseError as exc:  # no probe sent: not healthy, whatever the reason
+            logger.debug("listener probe could not be sent: %s", exc)
+            return False
         finally:
             self._pending_probes.pop(probe_id, None)
 
@@ -1080,6 +1107,16 @@ def _set(event: threading.Event) -> None:
 
 def _accepts(func: Callable[..., Any], given: bool | None) -> bool:
     return accepts_context(func) if given is None else given
+
+
+class _Held(NamedTuple):
+    """A job this worker holds: its latest claimed row (renewed by our own stale
+    re-pick), the claim token it was dispatched with, when, its heartbeat period."""
+
+    job: Job
+    origin: datetime
+    claimed_at: float
+    period: float
 
 
 class _Lifecycle:

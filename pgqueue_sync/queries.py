@@ -608,27 +608,33 @@ class Queries:
 def _outcome_params(
     job_status: Iterable[JobOutcome], retries: Iterable[JobRetry] = ()
 ) -> dict[str, list[Any]]:
-    # A retry travels as status 'queued' with its delay; outcomes have no delay.
+    # A retry travels as status 'queued' with its delay; outcomes have no delay. A
+    # Job also carries its claim's ``updated`` (the guard's claim token).
     ids: list[int] = []
     statuses: list[str] = []
     tracebacks: list[Jsonb | None] = []
     delays: list[timedelta | None] = []
+    claimed: list[datetime | None] = []
+
+    def add(job: Job | JobId | int, status: str, record: TracebackRecord | None) -> None:
+        ids.append(int(job.id if isinstance(job, Job) else job))
+        statuses.append(status)
+        tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
+        claimed.append(job.updated if isinstance(job, Job) else None)
+
     for job, status, record in job_status:
         _check_status(status)
         if status == "queued":
             raise ConfigurationError("'queued' is not an outcome; pass retries=[...] instead")
-        ids.append(int(job.id if isinstance(job, Job) else job))
-        statuses.append(status)
-        tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
+        add(job, status, record)
         delays.append(None)
     for job, delay, record in retries:
-        ids.append(int(job.id if isinstance(job, Job) else job))
-        statuses.append("queued")
-        tracebacks.append(Jsonb(record.to_json()) if record is not None else None)
+        add(job, "queued", record)
         delays.append(delay)
     if not ids:
         return {}
-    return {"ids": ids, "statuses": statuses, "tracebacks": tracebacks, "delays": delays}
+    return {"ids": ids, "statuses": statuses, "tracebacks": tracebacks, "delays": delays,
+            "claimed": claimed}
 
 
 def _outcome_literals(
@@ -646,6 +652,7 @@ def _outcome_literals(
         "delays": text_array(
             None if d is None else f"{d.total_seconds()} seconds" for d in params["delays"]
         ),
+        "claimed": text_array(None if c is None else c.isoformat() for c in params["claimed"]),
     }
 
 

@@ -127,3 +127,66 @@ def connect(dsn: str) -> Iterator[Any]:
     finally:
         for connection in opened:
             connection.close()
+
+
+# --------------------------------------------------------------------------- fault injection
+
+
+def _server_address(server_dsn: str) -> tuple[str, int]:
+    """(host, port) of the server behind a DSN; host may be a Unix-socket directory."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(server_dsn)
+    host = str(params.get("hostaddr") or params.get("host") or "/var/run/postgresql")
+    port = str(params.get("port") or "5432")
+    return host.split(",")[0], int(port.split(",")[0])
+
+
+@pytest.fixture
+def pg_proxy(server_dsn: str) -> Iterator[Any]:
+    """A started :class:`tests.faults.PgProxy` in front of the test server.
+
+    Point a DSN at it with ``pg_proxy.dsn(dsn)``; stopped after the test.
+    """
+    from tests.faults import PgProxy
+
+    host, port = _server_address(server_dsn)
+    with PgProxy(host, port) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def private_cluster() -> Iterator[Any]:
+    """A :class:`tests.faults.PrivateCluster` of this session, free to stop, restart or kill.
+
+    Skipped where clusters cannot be created (no postgresql-common, not root...).
+    """
+    from tests.faults import PrivateCluster
+
+    reason = PrivateCluster.available()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = PrivateCluster.create()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def private_dsn(private_cluster: Any) -> Iterator[str]:
+    """DSN of a fresh database with the schema installed, on the private cluster.
+
+    The cluster is (re)started first if a previous test left it down; the
+    database is dropped after the test.
+    """
+    private_cluster.ensure_started()
+    name = f"pgqs_p_{uuid.uuid4().hex[:12]}"
+    target = create_database(private_cluster.dsn, name)
+    try:
+        with psycopg.connect(target, autocommit=True) as conn:
+            Schema(SyncPsycopgDriver(conn), DBSettings()).install()
+        yield target
+    finally:
+        private_cluster.ensure_started()
+        drop_database(private_cluster.dsn, name)

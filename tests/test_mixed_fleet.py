@@ -166,9 +166,10 @@ def test_jobs_enqueued_by_pgqueuer_run_intact_on_our_worker(
     # Immediate jobs in claim order: priority DESC, then id ASC (the two priority-5 jobs).
     immediate = [job_id for job_id, *_ in seen if job_id != later_id]
     assert immediate == [now_ids[i] for i in (1, 3, 4, 2, 0)]
-    # The deferred job (priority 9, highest) still ran last, not before its execute_after.
-    assert seen[-1][0] == later_id
-    assert seen[-1][4] - t0 >= 0.45
+    # The deferred job (priority 9, highest) did not run before its execute_after
+    # (not "ran last": under load the immediate jobs may outlast its delay).
+    [later_started] = [started for job_id, *_, started in seen if job_id == later_id]
+    assert later_started - t0 >= 0.45
     sequences = log_sequences(conn)
     assert sequences == {i: ["queued", "picked", "successful"] for i in [*now_ids, later_id]}
     assert queue_rows(conn) == 0
@@ -225,7 +226,8 @@ def test_jobs_enqueued_by_us_run_intact_on_a_pgqueuer_worker(
     assert by_id == expected
     immediate = [job_id for job_id, *_ in seen if job_id != later_id]
     assert immediate == [ids[i] for i in (1, 3, 4, 2, 0)]
-    assert seen[-1][0] == later_id and seen[-1][4] - t0 >= 0.45
+    [later_started] = [started for job_id, *_, started in seen if job_id == later_id]
+    assert later_started - t0 >= 0.45  # deferred; not necessarily last under load
     assert log_sequences(conn) == {i: ["queued", "picked", "successful"] for i in [*ids, later_id]}
     assert dict(queries.job_status([*ids, later_id])) == {i: "successful" for i in [*ids, later_id]}
     assert queries.queue_size() == []

@@ -57,10 +57,13 @@ def test_idle_worker_is_woken_by_notify(dsn, queries):
         pgq = make_pgq(pool)
         pgq.entrypoint("ping")(lambda job: seen.set())
         with running(pgq, dequeue_timeout=30):
-            wait_for(lambda: pgq.qm.job_context is not None and pool.get_stats()["pool_size"])
-            time.sleep(0.2)  # let the worker reach its 30 s idle wait
+            # Listening (its own probe echoes) and idle (in its 30 s wait): only a
+            # NOTIFY can start the job within 5 s now.
+            wait_for(lambda: pgq.qm.idle_waits > 0 and pgq.qm.listener_healthy(1.0))
+            waits = pgq.qm.idle_waits
             queries.enqueue("ping", None)
             assert seen.wait(5), "a NOTIFY should wake the idle worker well before 30s"
+            assert pgq.qm.idle_waits >= waits
 
 
 def test_deferred_job_runs_after_its_time(dsn, queries):

@@ -179,16 +179,18 @@ def connect(
         ) from exc
 
 
-def with_connect_timeout(conninfo: str, seconds: int = DEFAULT_CONNECT_TIMEOUT) -> str:
-    """``conninfo`` with ``connect_timeout=seconds`` added, unless the DSN or libpq's
-    defaults (its environment variables) already set one."""
+def with_connect_timeout(conninfo: str, seconds: int | None = None) -> str:
+    """``conninfo`` with ``connect_timeout=seconds`` (default
+    :data:`DEFAULT_CONNECT_TIMEOUT`) added, unless the DSN or libpq's defaults (its
+    environment variables) already set one."""
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error:
         return conninfo  # let connect() report the unparsable DSN
     if params.get("connect_timeout") is not None or _libpq_default("connect_timeout"):
         return conninfo
-    return psycopg.conninfo.make_conninfo(conninfo, connect_timeout=seconds)
+    timeout = DEFAULT_CONNECT_TIMEOUT if seconds is None else seconds
+    return psycopg.conninfo.make_conninfo(conninfo, connect_timeout=timeout)
 
 
 def _libpq_default(keyword: str) -> str | None:

@@ -447,10 +447,10 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
 # listeners (UPDATEs fire no trigger): pg_notify in RETURNING runs once per
 # changed row, and PostgreSQL delivers identical payloads of one transaction once.
 _FINISH = """done AS (
-    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback, d.delay
+    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback, d.delay, d.claimed
     FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]::{status}[], %(tracebacks)s::jsonb[],
-                %(delays)s::interval[])
-        AS d(id, status, traceback, delay)
+                %(delays)s::interval[], %(claimed)s::timestamptz[])
+        AS d(id, status, traceback, delay, claimed)
 ),
 removed AS (
     DELETE FROM {queue} q USING done d
@@ -472,8 +472,14 @@ retried AS (
     RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback, WAKE AS woke
 )"""
 
-#: Only rows still picked by the writing worker (the idempotence guard).
-_GUARD = "AND q.status = 'picked' AND q.queue_manager_id = %(queue_manager_id)s"
+#: Only rows still picked by the writing worker, in the claim the outcome belongs to
+#: (``updated`` is set by each claim and by nothing else while a job is picked): the
+#: idempotence guard. Without it, a retry re-sent after a lost reply would retry
+#: the job again if the same worker had meanwhile claimed it anew.
+_GUARD = (
+    "AND q.status = 'picked' AND q.queue_manager_id = %(queue_manager_id)s "
+    "AND (d.claimed IS NULL OR q.updated = d.claimed)"
+)
 
 #: A ``table_changed_event`` shaped as the trigger builds it, operation ``update``.
 _WAKE = (

@@ -382,6 +382,9 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
 @click.option("--shutdown-timeout", type=float, default=None,
               help="Seconds running jobs get to finish at shutdown; the rest go back to the "
               "queue.  [default: wait]")
+@click.option("--wait-for-database", type=click.FloatRange(min=0), default=None,
+              help="Seconds to keep retrying an unreachable database at start before "
+              "exiting.  [default: 60]")
 @click.option("--shutdown-on-listener-failure", is_flag=True,
               help="Stop when the LISTEN connection fails its health check.")
 @click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")

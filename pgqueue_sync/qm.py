@@ -41,6 +41,7 @@ from .backoff import Backoff
 from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
 from .cancellation import CancellationToken, Context, JobCancelled
 from .capacity import Capacity
+from .drivers.base import require_autocommit
 from .errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -289,7 +290,7 @@ class QueueManager:
         )
         if not self.entrypoint_registry:
             raise ConfigurationError("no entrypoints registered; decorate a handler first")
-        _check_autocommit(self.queries.driver)
+        require_autocommit(self.queries.driver, "worker")
         self._reset()
         with _SignalHandlers(self._on_signal):
             if not self._await_database(opts.wait_for_database):
@@ -603,15 +604,15 @@ class QueueManager:
             wanted = self._capacity.reserve()
             if wanted == 0:
                 return None
-            claimed = 0
+            jobs: list[Job] = []
             try:
-                jobs = self._claim(opts, wanted)
-                claimed = len(jobs)
+                self._claim(opts, wanted, jobs)
             finally:
-                self._capacity.settle(wanted, claimed)
-            for job in jobs:
-                self._dispatch(job)
-            if claimed < wanted:
+                # Jobs claimed before a later step failed are ours: start them anyway.
+                self._capacity.settle(wanted, len(jobs))
+                for job in jobs:
+                    self._dispatch(job)
+            if len(jobs) < wanted:
                 self._backlog.clear()
                 return True
             self._backlog.set()
@@ -649,19 +650,18 @@ class QueueManager:
                 self._fatal = self._fatal or PgqException("a claim lane failed unexpectedly")
                 self._halt_all()
 
-    def _claim(self, opts: options.RunOptions, wanted: int) -> list[Job]:
+    def _claim(self, opts: options.RunOptions, wanted: int, jobs: list[Job]) -> None:
+        """Claim up to ``wanted`` jobs into ``jobs`` (which keeps what earlier steps
+        claimed if a later one raises)."""
         open_eps, rated = self._claimable()
-        jobs: list[Job] = []
         if open_eps:
             jobs += self._dequeue(opts, wanted, open_eps)
         if rated:
             # Buckets are read then spent: one lane at a time, or both could overshoot.
             with self._rate_lock:
-                jobs += self._claim_rated(opts, wanted - len(jobs))
-        return jobs
+                self._claim_rated(opts, wanted, jobs)
 
-    def _claim_rated(self, opts: options.RunOptions, wanted: int) -> list[Job]:
-        jobs: list[Job] = []
+    def _claim_rated(self, opts: options.RunOptions, wanted: int, jobs: list[Job]) -> None:
         for name, reg in self.entrypoint_registry.items():
             if reg.bucket is None or len(jobs) >= wanted:
                 continue
@@ -670,7 +670,6 @@ class QueueManager:
                 claimed = self._dequeue(opts, min(wanted - len(jobs), tokens), {name: reg.claim})
                 reg.bucket.take(len(claimed))
                 jobs += claimed
-        return jobs
 
     def _claimable(self) -> tuple[dict[str, EntrypointExecutionParameter], bool]:
         open_eps: dict[str, EntrypointExecutionParameter] = {}
@@ -1084,14 +1083,6 @@ async def _traced(tracer: TracingProtocol, job: Job, coroutine: Awaitable[Any]) 
     # Entered inside the event loop's task, so the span is current for the handler.
     with process_span(tracer, job):
         return await coroutine
-
-
-def _check_autocommit(driver: object) -> None:
-    if getattr(driver, "joins_caller_transaction", False):
-        raise ConfigurationError(
-            "the worker needs a connection in autocommit mode: its writes would stay in "
-            "an uncommitted transaction; use psycopg.connect(dsn, autocommit=True) or a pool"
-        )
 
 
 def _in_process(driver: object) -> bool:

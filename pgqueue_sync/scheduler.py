@@ -27,7 +27,9 @@ from croniter import croniter
 
 from . import options
 from .aio import EventLoopThread
+from .backoff import Backoff
 from .cancellation import ScheduleContext
+from .drivers.base import require_autocommit
 from .errors import ConfigurationError, DatabaseError, SchemaError
 from .models import Schedule, utc_now
 from .queries import Queries
@@ -248,6 +250,7 @@ class SchedulerManager:
         )
         if not self.registry:
             raise ConfigurationError("no schedules registered; decorate a function first")
+        require_autocommit(self.queries.driver, "scheduler")
         self.verify_structure()
         self._stop_now.clear()
         with signal_handlers(self._on_signal):
@@ -295,18 +298,20 @@ class SchedulerManager:
         return {key: executor.next_in() for key, executor in self.registry.items()}
 
     def _poll_loop(self) -> None:
-        backoff = options.DATABASE_RETRY_INITIAL
+        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
+                          maximum=options.DATABASE_RETRY_MAX)
         while not self.shutdown.is_set():
             try:
                 claimed = self.queries.fetch_schedule(self._next_runs())
             except DatabaseError as exc:
                 # The scheduler outlives a database restart: back off, then poll again.
+                delay = backoff.failure()
                 logger.warning("database error in the scheduler (%s); retrying in %.1fs",
-                               exc, backoff)
-                self.shutdown.wait(backoff)
-                backoff = min(backoff * 2, options.DATABASE_RETRY_MAX)
+                               exc, delay)
+                self.shutdown.wait(delay)
                 continue
-            backoff = options.DATABASE_RETRY_INITIAL
+            if backoff.success():
+                logger.warning("database reachable again; the scheduler resumes")
             for schedule in claimed:
                 self._dispatch(schedule)
             self.shutdown.wait(self._poll_wait())
@@ -344,7 +349,7 @@ class SchedulerManager:
         except concurrent.futures.CancelledError:
             logger.warning("schedule %d (%r) was cancelled at shutdown",
                            schedule.id, schedule.entrypoint)
-        except Exception:  # the function's failure is logged; the schedule is released anyway
+        except BaseException:  # sys.exit() too: logged; the schedule is released anyway
             logger.exception("schedule %d (%r) failed", schedule.id, schedule.entrypoint)
         else:
             logger.debug("schedule %d (%r) done", schedule.id, schedule.entrypoint)

@@ -771,11 +771,12 @@ class PrivateCluster:
     """
 
     # Appended to postgresql.conf (pg_createcluster -o quotes some values wrongly).
+    # fsync off is safe for a killed server (the OS keeps its page cache), but
+    # synchronous_commit must stay on: kill() would lose acknowledged commits.
     CONFIG = {
         "listen_addresses": "'127.0.0.1'",
         "max_connections": "200",
         "fsync": "off",
-        "synchronous_commit": "off",
         "full_page_writes": "off",
         "shared_buffers": "'32MB'",
         "ssl": "off",

@@ -215,7 +215,9 @@ def test_a_retry_whose_connection_was_cut_is_written_later_not_dropped(
     def flaky(job: Job) -> None:
         attempts.append(job.attempts)
         if job.attempts == 0:
-            pg_proxy.cut_all()
+            # Every connection dies and none can be opened for a second: the retry
+            # write certainly fails at first.
+            pg_proxy.refuse_and_cut(1.0)
             raise RetryRequested(delay=0, reason="connection trouble")
 
     [job_id] = queries.enqueue("flaky", None)
@@ -280,7 +282,7 @@ def test_retrying_jobs_keep_their_heartbeat_until_the_retry_is_written(
     and every job ends successful after exactly two attempts."""
     runs: dict[tuple[int, int], int] = {}
     lock = threading.Lock()
-    ids = queries.enqueue(["again"] * 600, [None] * 600)
+    ids = queries.enqueue(["again"] * 3000, [None] * 3000)
     with pool_for(dsn) as pool_a, pool_for(dsn) as pool_b:
         workers = [make_pgq(pool_a), make_pgq(pool_b)]
         for pgq in workers:
@@ -294,7 +296,7 @@ def test_retrying_jobs_keep_their_heartbeat_until_the_retry_is_written(
 
         with running(workers[0], **SLOW_POLL, heartbeat_timeout=1, concurrency=8), \
                 running(workers[1], **SLOW_POLL, heartbeat_timeout=1, concurrency=8):
-            wait_for(lambda: queries.queue_size() == [], timeout=60)
+            wait_for(lambda: queries.queue_size() == [], timeout=90)
     doubled = {key: n for key, n in runs.items() if n > 1}
     assert doubled == {}
     assert set(runs) == {(i, a) for i in ids for a in (0, 1)}
@@ -589,3 +591,48 @@ def test_a_failure_outside_any_handler_stops_every_thread_and_hands_jobs_back(
         finally:
             release.set()
     wait_for(lambda: worker_threads() == [], timeout=15)
+
+
+# -- 8. server restarts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["restart", "crash"])
+@pytest.mark.parametrize("driver", ["pool", "one connection"])
+def test_a_worker_resumes_within_seconds_of_a_server_restart(
+    private_cluster: Any, private_dsn: str, driver: str, how: str
+) -> None:
+    """The server restarts (fast shutdown) or crashes (SIGKILL, then crash recovery)
+    under an idle worker; once it is back, a new job runs within seconds, with a
+    pool and with the README's single connection alike."""
+    done = threading.Event()
+    stack: list[Callable[[], None]] = []
+    try:
+        if driver == "pool":
+            pool_cm = pool_for(private_dsn)
+            pool = pool_cm.__enter__()
+            stack.append(lambda: pool_cm.__exit__(None, None, None))
+            pgq = make_pgq(pool)
+        else:
+            own = psycopg.connect(private_dsn, autocommit=True)
+            stack.append(own.close)
+            pgq = PgQueuer(SyncPsycopgDriver(own), settings=DBSettings())
+        pgq.entrypoint("after")(lambda job: done.set())
+        with running(pgq, **SLOW_POLL):
+            wait_for(lambda: pgq.qm.idle_waits > 0 and pgq.qm.listener_healthy(1.0))
+            if how == "restart":
+                private_cluster.restart(mode="fast")
+            else:
+                private_cluster.kill()
+                private_cluster.start()
+            back = time.monotonic()
+            with psycopg.connect(private_dsn, autocommit=True) as conn:
+                [job_id] = Queries(SyncPsycopgDriver(conn), settings=DBSettings()).enqueue(
+                    "after", None
+                )
+                assert done.wait(30), "the worker did not resume after the restart"
+                resumed = time.monotonic() - back
+                wait_for(lambda: log_of(conn, job_id)[-1:] == ["successful"], timeout=15)
+        assert resumed < 15, f"took {resumed:.1f}s after the server was back"
+    finally:
+        for close in reversed(stack):
+            close()

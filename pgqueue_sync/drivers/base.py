@@ -14,6 +14,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ..errors import (
+    ConfigurationError,
     ConnectionFailed,
     DatabaseError,
     DeadlockDetected,
@@ -48,6 +49,17 @@ class Driver(Protocol):
         commit or roll back on the caller's behalf.
         """
         ...
+
+
+def require_autocommit(driver: object, user: str) -> None:
+    """Refuse a driver that joins a caller's transaction: ``user`` (the worker, the
+    scheduler) would write into a transaction nobody commits."""
+    if getattr(driver, "joins_caller_transaction", False):
+        raise ConfigurationError(
+            f"the {user} needs a connection in autocommit mode: on this one its writes "
+            "would stay in an uncommitted transaction; use psycopg.connect(dsn, "
+            "autocommit=True) or a connection pool"
+        )
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ WORKER_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "heartbeat_timeout": (int, float),
     "max_concurrent_tasks": int,
     "shutdown_timeout": (int, float),
+    "wait_for_database": (int, float),
     "mode": str,
     "shutdown_on_listener_failure": bool,
     "restart_on_failure": bool,

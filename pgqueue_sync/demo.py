@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from .applications import PgQueuer
 from .cancellation import Context
+from .drivers.psycopg import with_connect_timeout
 from .errors import RetryRequested
 from .models import Job
 from .schema import Schema
@@ -42,6 +43,7 @@ def run_demo(
     Uses a small pool for the worker; blocks until the queue is empty.
     """
     settings = settings or DBSettings()
+    conninfo = with_connect_timeout(conninfo)
     with ConnectionPool(conninfo, min_size=1, max_size=3, kwargs={"autocommit": True}) as pool:
         pgq = PgQueuer.from_psycopg_pool(pool, settings=settings, resources={"greeted": []})
         installed = _ensure_schema(pgq, settings)

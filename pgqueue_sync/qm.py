@@ -307,6 +307,8 @@ class QueueManager:
             event.clear()
         self._signals = 0
         self._fatal = None
+        self._listener_error = None
+        self._lanes = []
         self._drained = self._stopping = self._handing_back = False
         self.shutdown_requested_twice = False
         self._abandoned.clear()

@@ -369,6 +369,31 @@ def test_the_listener_survives_failed_reconnects_and_hears_again(
         assert seen.wait(10), "the reconnected listener did not wake the idle worker"
 
 
+def test_a_listener_that_fails_its_health_probe_is_reconnected(
+    dsn: str, queries: Queries, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listener connection that is alive but deaf (here: UNLISTENed behind the
+    worker's back) misses its own probe; the worker reconnects it and hears again."""
+    from pgqueue_sync import options
+
+    monkeypatch.setattr(options, "HEALTH_CHECK_INTERVAL", 0.5)
+    monkeypatch.setattr(options, "HEALTH_CHECK_TIMEOUT", timedelta(seconds=0.5))
+    seen = threading.Event()
+    with pool_for(dsn) as pool:
+        pgq = make_pgq(pool)
+        pgq.entrypoint("ping")(lambda job: seen.set())
+        with running(pgq, **SLOW_POLL):
+            wait_for(lambda: pgq.qm.listener_healthy(1.0))
+            listener = pgq.qm._listener
+            assert listener is not None and listener._conn is not None
+            listener._conn.execute("UNLISTEN *")
+            wait_for(lambda: "reconnecting it" in caplog.text, timeout=10)
+            wait_for(lambda: pgq.qm.listener_healthy(1.0), timeout=10)
+            queries.enqueue("ping", None)
+            assert seen.wait(10), "the reconnected listener did not wake the idle worker"
+
+
 # -- 4. workers come back ------------------------------------------------------------------
 
 

@@ -154,6 +154,7 @@ class QueueManager:
         self._fatal: BaseException | None = None
         self._handing_back = False
         self._lanes: list[threading.Thread] = []
+        self._claimers: list[threading.Thread] = []
         self.shutdown_requested_twice = False
         self._backlog = threading.Event()
         self._lane_wake = threading.Event()
@@ -309,6 +310,7 @@ class QueueManager:
         self._fatal = None
         self._listener_error = None
         self._lanes = []
+        self._claimers = []
         self._drained = self._stopping = self._handing_back = False
         self.shutdown_requested_twice = False
         self._abandoned.clear()
@@ -367,7 +369,16 @@ class QueueManager:
                 "worker %s started: entrypoints %s, concurrency %d",
                 self.queue_manager_id, sorted(self.entrypoint_registry), opts.concurrency,
             )
-            self._dispatch_loop(opts)
+            # The dispatch loop runs in its own thread: the calling (often main)
+            # thread only waits on events, so it acts on signals at once even
+            # while a claim is stuck in a database call (a pool waiting for a
+            # connection, a statement waiting for a lock).
+            dispatcher = threading.Thread(target=self._dispatch_thread, args=(opts,),
+                                          name="pgqueue_sync-dispatcher", daemon=True)
+            self._claimers = [dispatcher, *self._lanes]
+            dispatcher.start()
+            while dispatcher.is_alive() and not self._halt.is_set():
+                dispatcher.join(FINAL_WAIT_SLICE)
         except BaseException as exc:
             if self._fatal is None:
                 self._fatal = exc
@@ -375,13 +386,23 @@ class QueueManager:
         finally:
             self._finalize(opts, stack)
 
+    def _dispatch_thread(self, opts: options.RunOptions) -> None:
+        try:
+            self._dispatch_loop(opts)
+        except BaseException as exc:  # re-raised by run() in the caller's thread
+            if self._fatal is None:
+                self._fatal = exc
+        finally:
+            self._halt_all()
+
     def _finalize(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
         """Stop in one order, whatever ended the run. Each step says why it is where it is."""
         # Every loop (dispatcher, lanes, watcher) sees the halt and stops claiming.
         self._halt_all()
-        # Lanes first: a claim still in flight lands in job_context before the
-        # wait below, so its jobs are waited for or handed back, never stranded.
-        self._stop_lanes()
+        # Claimers first: a claim still in flight lands in job_context before the
+        # wait below, so its jobs are waited for or handed back, never stranded
+        # (one that outlives this bounded wait hands its jobs back itself).
+        self._stop_claimers()
         if self._fatal is None:
             self._wait_for_running(opts.shutdown_timeout)
         # Hand-backs and outcome writes run while heartbeats still beat, off the
@@ -620,14 +641,18 @@ class QueueManager:
             self._backlog.set()
         return True
 
-    def _stop_lanes(self) -> None:
-        self._backlog.set()  # wake them; they see the halt and leave
+    def _stop_claimers(self) -> None:
+        self._backlog.set()  # wake the lanes; they see the halt and leave
         self._lane_wake.set()
-        for lane in self._lanes:
-            lane.join(JOIN_TIMEOUT)
-            if lane.is_alive():
-                logger.warning("claim lane %s did not stop within %.1fs; jobs it still "
-                               "claims are handed back", lane.name, JOIN_TIMEOUT)
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        for claimer in self._claimers:
+            while claimer.is_alive() and time.monotonic() < deadline:
+                if self._stop_now.is_set():
+                    return
+                claimer.join(FINAL_WAIT_SLICE)
+            if claimer.is_alive():
+                logger.warning("%s is still in a database call after %.1fs; jobs it still "
+                               "claims are handed back", claimer.name, JOIN_TIMEOUT)
 
     def _extra_lane(self, opts: options.RunOptions) -> None:
         """An extra claimer, active only while a backlog exists, so claim round trips

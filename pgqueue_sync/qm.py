@@ -155,6 +155,7 @@ class QueueManager:
         self._handing_back = False
         self._lanes: list[threading.Thread] = []
         self._claimers: list[threading.Thread] = []
+        self._unstarted: set[JobId] = set()  # claimed, then not started at shutdown
         self.shutdown_requested_twice = False
         self._backlog = threading.Event()
         self._lane_wake = threading.Event()
@@ -311,6 +312,7 @@ class QueueManager:
         self._listener_error = None
         self._lanes = []
         self._claimers = []
+        self._unstarted.clear()
         self._drained = self._stopping = self._handing_back = False
         self.shutdown_requested_twice = False
         self._abandoned.clear()
@@ -815,6 +817,9 @@ class QueueManager:
             self._pool.submit(self._run_sync, job, context, reg)
 
     def _run_sync(self, job: Job, context: Context, reg: _Registration) -> None:
+        if self._halt.is_set():
+            self._leave_unstarted(job)
+            return
         error: BaseException | None = None
         seconds = None
         value = None
@@ -1071,14 +1076,26 @@ class QueueManager:
         if self._stop_now.is_set():
             logger.warning("second signal: stopping now")
 
+    def _leave_unstarted(self, job: Job) -> None:
+        """At shutdown, a claimed job still waiting for a handler thread does not start:
+        it is handed back with the unfinished ones (no second run for it)."""
+        assert self._capacity is not None
+        with self._lock:
+            self.job_context.pop(job.id, None)
+            self._unstarted.add(job.id)
+            if self._stopping:
+                self._idle.notify_all()
+        self._capacity.finished(None)
+
     def _release_unfinished(self) -> None:
         with self._lock:
             self._handing_back = True  # jobs claimed from now on go straight back
             running = dict(self.job_context)
             self._abandoned.update(running)
+            unstarted, self._unstarted = self._unstarted, set()
         for context in running.values():
             context.cancellation.cancel()
-        self._hand_back(dict.fromkeys(running), "shutdown")
+        self._hand_back(dict.fromkeys([*running, *unstarted]), "shutdown")
 
     def _hand_back(self, jobs: dict[JobId, None], reason: str) -> None:
         """Return this worker's picked jobs to the queue now, logging why."""

@@ -457,7 +457,9 @@ class QueueManager:
         # worker (concurrency 1) would notice.
         serial = opts.max_concurrent_tasks is not None or opts.concurrency == 1
         lanes = 1 if serial else opts.claim_lanes
-        self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes)
+        any_async = any(reg.executor.is_async for reg in self.entrypoint_registry.values())
+        self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes,
+                                  prefetch=not any_async)
         pool = self._pool = HandlerPool(opts.concurrency)
         # Threads of handed-back jobs may never return; don't wait for them.
         stack.push(lambda: pool.stop(0.0 if self._abandoned else JOIN_TIMEOUT))

@@ -462,3 +462,29 @@ def test_in_memory_worker_runs_sync_async_and_limited_jobs():
     pgq.run(mode="drain", **FAST)
     assert sorted(seen) == [b"1", b"2", b"3", b"4"]
     assert pgq.queries.queue_size() == []
+
+
+def test_async_handlers_never_exceed_concurrency(dsn, queries):
+    """Short jobs make the worker prefetch a batch beyond its threads; async jobs would
+    start at once, so with async handlers there is no prefetch: ``concurrency`` caps
+    the jobs in flight."""
+    peak = 0
+    running_now = 0
+    lock = threading.Lock()
+    with pool_for(dsn) as pool:
+        pgq = make_pgq(pool)
+
+        @pgq.entrypoint("short")
+        async def short(job: Job) -> None:
+            nonlocal peak, running_now
+            with lock:
+                running_now += 1
+                peak = max(peak, running_now)
+            await asyncio.sleep(0.002)
+            with lock:
+                running_now -= 1
+
+        ids = queries.enqueue(["short"] * 60, [None] * 60)
+        pgq.run(mode="drain", concurrency=2, batch_size=5, **FAST)
+    assert statuses(queries, ids) == {i: "successful" for i in ids}
+    assert 1 <= peak <= 2

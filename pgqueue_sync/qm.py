@@ -81,6 +81,8 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_WATCH_INTERVAL = 0.5
 #: Slice of the main thread's final waits, so a second signal is acted on promptly.
 FINAL_WAIT_SLICE = 0.1
+#: How long shutdown waits for threads whose work needs no finishing (seconds).
+QUICK_JOIN_TIMEOUT = 1.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 ExecutorFactory = Callable[[EntrypointExecutorParameters], AbstractEntrypointExecutor]
@@ -489,7 +491,9 @@ class QueueManager:
         stack.push(self._watch_shutdown())
         health = Ticker(lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
                         name="pgqueue_sync-health", jitter=0.0).start()
-        stack.push(health.stop)
+        # Probes and aggregation leave nothing to finish: a thread stuck in a
+        # database call (an unreachable server) is not worth waiting for long.
+        stack.push(lambda: health.stop(QUICK_JOIN_TIMEOUT))
         # Extra claim lanes, not with a budget: it is counted in SQL, and two
         # concurrent claims could each see room for the same jobs.
         self._lanes = [
@@ -502,7 +506,7 @@ class QueueManager:
         if opts.log_aggregation_interval:
             aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
                                 name="pgqueue_sync-aggregator").start()
-            stack.push(aggregator.stop)
+            stack.push(lambda: aggregator.stop(QUICK_JOIN_TIMEOUT))
 
     def _watch_shutdown(self) -> Callable[[], None]:
         """Turn ``shutdown.set()`` from any thread into wake-ups of every waiting loop.

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg.rows import RowMaker
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConnectionFailed
 from .base import Driver, Params, Query, Row, translate_errors
+
+logger = logging.getLogger(__name__)
 
 
 class SyncPsycopgDriver:
@@ -113,9 +116,26 @@ class SyncPsycopgPoolDriver:
         return connect(conninfo, **kwargs)
 
     def fetch(self, query: Query, params: Params = None) -> list[Row]:
-        """Run one statement on a pooled connection and return its rows."""
-        with translate_errors(), self.pool.connection() as conn:
-            return _fetch(conn, query, params)
+        """Run one statement on a pooled connection and return its rows.
+
+        When the connection turns out to be lost, the pool's other idle
+        connections are checked at once (they were most likely lost together:
+        a server restart, terminated backends), so the next statement does not
+        meet them one failure at a time.
+        """
+        try:
+            with translate_errors(), self.pool.connection() as conn:
+                return _fetch(conn, query, params)
+        except ConnectionFailed as exc:
+            if not isinstance(exc.__cause__, PoolTimeout):  # no connection was even lent
+                self._check_idle()
+            raise
+
+    def _check_idle(self) -> None:
+        try:
+            self.pool.check()
+        except Exception:  # the check is a courtesy; the caller handles the failure
+            logger.debug("pool check after a lost connection failed", exc_info=True)
 
     def execute(self, query: Query, params: Params = None) -> None:
         """Run one statement and discard its rows."""

@@ -439,7 +439,7 @@ class QueueManager:
         writer.start()
         deadline = time.monotonic() + options.FINAL_WRITES_TIMEOUT
         while not done.wait(FINAL_WAIT_SLICE):
-            if self._signals > max(started, 1):
+            if self._signals > started:
                 # Another signal while the final writes run (e.g. blocked on a lock):
                 # leave now. Unwritten outcomes leave their jobs picked; they are
                 # re-run once their heartbeat is stale (at-least-once, nothing lost).
@@ -451,7 +451,8 @@ class QueueManager:
                 return
 
     def _start(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
-        if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):
+        any_async = any(reg.executor.is_async for reg in self.entrypoint_registry.values())
+        if any_async:
             self._loop = EventLoopThread(on_crash=self._on_loop_crash).start()
             stack.push(self._loop.close)
         # One claimer keeps starts in claim (priority) order; concurrent lanes may
@@ -459,7 +460,6 @@ class QueueManager:
         # worker (concurrency 1) would notice.
         serial = opts.max_concurrent_tasks is not None or opts.concurrency == 1
         lanes = 1 if serial else opts.claim_lanes
-        any_async = any(reg.executor.is_async for reg in self.entrypoint_registry.values())
         self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes,
                                   prefetch=not any_async)
         pool = self._pool = HandlerPool(opts.concurrency)

@@ -176,8 +176,13 @@ class CompletionBuffer:
         return Batch(items)
 
     def prepared(self, batch: Batch) -> Batch:
-        """``batch`` as it must be sent: each job with the claim token current now."""
-        return Batch([dataclasses.replace(f, job=self._current(f.job)) for f in batch.items])
+        """``batch`` as it must be sent: each job with the claim token current now
+        (a different row only after the worker's own stale re-pick of it)."""
+        items = []
+        for f in batch.items:
+            job = self._current(f.job)
+            items.append(f if job is f.job else dataclasses.replace(f, job=job))
+        return Batch(items)
 
     def restore(self, batch: Batch, *, isolate: bool = False) -> None:
         """Put back a batch that :meth:`take` returned but could not be written;

@@ -19,14 +19,10 @@ EWMA_WEIGHT = 0.2
 class Capacity:
     """Thread-safe slot accounting shared by the claim lanes of one worker."""
 
-    def __init__(
-        self, concurrency: int, batch_size: int, *, lanes: int = 1, prefetch: bool = True
-    ) -> None:
+    def __init__(self, concurrency: int, batch_size: int, *, lanes: int = 1) -> None:
         self.concurrency = concurrency
         self.batch_size = batch_size
-        # No prefetch with async handlers: they start at once, so a prefetched
-        # async job would run beyond ``concurrency`` instead of waiting.
-        self.prefetch = batch_size * lanes if prefetch else 0
+        self.prefetch = batch_size * lanes
         self._lock = threading.Lock()
         self._in_flight = 0
         self._reserved = 0

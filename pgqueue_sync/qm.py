@@ -24,6 +24,7 @@ is the dispatcher; ``-runner-N`` run handlers; ``-listener`` receives NOTIFY;
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import signal
@@ -158,6 +159,12 @@ class QueueManager:
         self._lanes: list[threading.Thread] = []
         self._claimers: list[threading.Thread] = []
         self._unstarted: set[JobId] = set()  # claimed, then not started at shutdown
+        # Async jobs run at most ``concurrency`` at once; the rest wait here.
+        self._async_limit = options.CONCURRENCY
+        self._async_running = 0
+        self._async_waiting: collections.deque[tuple[Job, Context, _Registration]] = (
+            collections.deque()
+        )
         self.shutdown_requested_twice = False
         self._backlog = threading.Event()
         self._lane_wake = threading.Event()
@@ -315,6 +322,8 @@ class QueueManager:
         self._lanes = []
         self._claimers = []
         self._unstarted.clear()
+        self._async_running = 0
+        self._async_waiting.clear()
         self._drained = self._stopping = self._handing_back = False
         self.shutdown_requested_twice = False
         self._abandoned.clear()
@@ -407,6 +416,7 @@ class QueueManager:
         # wait below, so its jobs are waited for or handed back, never stranded
         # (one that outlives this bounded wait hands its jobs back itself).
         self._stop_claimers()
+        self._drop_waiting_async()  # claimed ahead, never started: handed back below
         if self._fatal is None:
             self._wait_for_running(opts.shutdown_timeout)
         # Hand-backs and outcome writes run while heartbeats still beat, off the
@@ -451,8 +461,7 @@ class QueueManager:
                 return
 
     def _start(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
-        any_async = any(reg.executor.is_async for reg in self.entrypoint_registry.values())
-        if any_async:
+        if any(reg.executor.is_async for reg in self.entrypoint_registry.values()):
             self._loop = EventLoopThread(on_crash=self._on_loop_crash).start()
             stack.push(self._loop.close)
         # One claimer keeps starts in claim (priority) order; concurrent lanes may
@@ -460,8 +469,8 @@ class QueueManager:
         # worker (concurrency 1) would notice.
         serial = opts.max_concurrent_tasks is not None or opts.concurrency == 1
         lanes = 1 if serial else opts.claim_lanes
-        self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes,
-                                  prefetch=not any_async)
+        self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes)
+        self._async_limit = opts.concurrency
         pool = self._pool = HandlerPool(opts.concurrency)
         # Threads of handed-back jobs may never return; don't wait for them.
         stack.push(lambda: pool.stop(0.0 if self._abandoned else JOIN_TIMEOUT))
@@ -779,8 +788,7 @@ class QueueManager:
         """The row an outcome of ``job`` must be written against: ``job`` itself, or our
         own stale re-pick of it while it still ran here (which renewed the claim
         token, the ``updated`` that guards the write)."""
-        with self._lock:
-            held = self._claimed.get(job.id)
+        held = self._claimed.get(job.id)  # one dict read: atomic, no lock needed
         return held.job if held is not None and held.origin == job.updated else job
 
     def _running(self) -> int:
@@ -818,7 +826,7 @@ class QueueManager:
         self._dispatched_since_aggregation = True
         assert self._pool is not None
         if reg.executor.is_async:
-            self._start_async(job, context, reg)
+            self._admit_async(job, context, reg)
         else:
             self._pool.submit(self._run_sync, job, context, reg)
 
@@ -851,6 +859,34 @@ class QueueManager:
         with process_span(tracer, job):
             return reg.executor.execute(job, context)
 
+    def _admit_async(self, job: Job, context: Context, reg: _Registration) -> None:
+        """Start an async job now, or queue it while ``concurrency`` coroutines run:
+        like a sync job waiting for a thread (claimed ahead, not yet started)."""
+        with self._lock:
+            if self._async_running >= self._async_limit:
+                self._async_waiting.append((job, context, reg))
+                return
+            self._async_running += 1
+        self._start_async(job, context, reg)
+
+    def _async_done(self) -> None:
+        """An async job ended: hand its slot to the next waiting one, if any (never
+        after a halt: those are handed back unstarted)."""
+        with self._lock:
+            following = None
+            if self._async_waiting and not self._halt.is_set():
+                following = self._async_waiting.popleft()
+            else:
+                self._async_running -= 1
+        if following is not None:
+            self._start_async(*following)
+
+    def _drop_waiting_async(self) -> None:
+        with self._lock:
+            waiting, self._async_waiting = self._async_waiting, collections.deque()
+        for job, _, _ in waiting:
+            self._leave_unstarted(job)
+
     def _start_async(self, job: Job, context: Context, reg: _Registration) -> None:
         started = time.monotonic()
 
@@ -861,7 +897,10 @@ class QueueManager:
             assert self._loop is not None
             cancel = self._loop.spawn(self._execute(job, context, reg), done)
         except BaseException as exc:  # no coroutine, or no loop: the job fails here
-            self._finish(job, context, reg, exc, cancelled=False, seconds=None)
+            try:
+                self._finish(job, context, reg, exc, cancelled=False, seconds=None)
+            finally:
+                self._async_done()
             return
         context.cancellation.add_callback(cancel)
 
@@ -885,8 +924,11 @@ class QueueManager:
         except BaseException as exc:
             error = exc
         finally:
-            self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds,
-                         value=value)
+            try:
+                self._finish(job, context, reg, error, cancelled=cancelled, seconds=seconds,
+                             value=value)
+            finally:
+                self._async_done()
 
     def _finish(
         self,

@@ -41,7 +41,7 @@ from .models import (
 from .options import HEARTBEAT_TIMEOUT
 from .settings import DBSettings, db_settings
 from .sql.arrays import bytea_array, int_array, text_array
-from .sql.statements import Statements
+from .sql.statements import Statements, finish_steps
 from .tracing import TracingProtocol, get_tracer, is_active, merge_publish_headers
 from .types import (
     JOB_STATUS,
@@ -245,8 +245,8 @@ class Queries:
         finish = self._finish_params(completed, retries, queue_manager_id)
         stored = _result_literals(results) if finish else {}
         query = self.statements.dequeue(
-            capacity=registered["capacity"], budget=budget is not None, finish=bool(finish),
-            results=bool(stored),
+            capacity=registered["capacity"], budget=budget is not None,
+            finish=_steps(finish), results=bool(stored),
         )
         params = {
             **finish,
@@ -312,19 +312,19 @@ class Queries:
         if not params:
             return []
         guarded = queue_manager_id is not None
+        steps = _steps(params)
         stored = _result_literals(results)
         if not stored:
-            rows = self.driver.fetch(self.statements.log_jobs(guarded=guarded), params)
+            rows = self.driver.fetch(self.statements.log_jobs(steps, guarded=guarded), params)
             return [JobId(r["job_id"]) for r in rows]
         try:
-            rows = self.driver.fetch(
-                self.statements.log_jobs(guarded=guarded, results=True), {**params, **stored}
-            )
+            query = self.statements.log_jobs(steps, guarded=guarded, results=True)
+            rows = self.driver.fetch(query, {**params, **stored})
         except DatabaseError as exc:
             if not _results_failed(exc, stored):
                 raise
             _log_lost_results(exc, results)
-            rows = self.driver.fetch(self.statements.log_jobs(guarded=guarded), params)
+            rows = self.driver.fetch(self.statements.log_jobs(steps, guarded=guarded), params)
         return [JobId(r["job_id"]) for r in rows]
 
     def _finish_params(
@@ -338,6 +338,7 @@ class Queries:
             return {}
         return {
             **literals,
+            "steps": literals.pop("steps"),
             "queue_manager_id": queue_manager_id,
             "channel": self.settings.channel,
             "table": self.settings.bare_name("queue_table"),
@@ -639,11 +640,13 @@ def _outcome_params(
 
 def _outcome_literals(
     job_status: Iterable[JobOutcome], retries: Iterable[JobRetry] = ()
-) -> dict[str, str]:
+) -> dict[str, Any]:
     params = _outcome_params(job_status, retries)
     if not params:
         return {}
+    statuses = set(params["statuses"])
     return {
+        "steps": finish_steps(holds="failed" in statuses, retries="queued" in statuses),
         "ids": int_array(params["ids"]),
         "statuses": text_array(params["statuses"]),
         "tracebacks": text_array(
@@ -654,6 +657,12 @@ def _outcome_literals(
         ),
         "claimed": text_array(None if c is None else c.isoformat() for c in params["claimed"]),
     }
+
+
+def _steps(finish_params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The outcome steps of prepared finish parameters (``()`` when there are none)."""
+    steps: tuple[str, ...] = finish_params.get("steps", ())
+    return steps
 
 
 def _stale_timeouts(

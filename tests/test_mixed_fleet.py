@@ -584,3 +584,45 @@ def test_pgqueuer_cancellation_reaches_a_job_running_in_our_worker(
     assert outcome == ["cancelled"]
     assert log_sequences(conn) == {job_id: ["queued", "picked", "canceled"]}
     assert queue_rows(conn) == 0
+
+
+# -- 7. our wake-ups reach PgQueuer's listener ----------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["requeue", "retry"])
+def test_our_requeues_and_retries_wake_an_idle_pgqueuer_worker(
+    dsn: str, queries: Queries, operation: str
+) -> None:
+    """Requeues and retries are UPDATEs, which PgQueuer 1.6's trigger ignores; our
+    statements send a ``table_changed_event`` (operation ``update``) of their own,
+    which a 1.6 listener accepts: its idle worker (30 s poll) runs the job at once."""
+    ran, ready = threading.Event(), threading.Event()
+    [job_id] = queries.enqueue("woken", None)
+    queries.enqueue("ready", None)
+    worker_id = uuid.uuid4()
+    [job] = queries.dequeue(1, {"woken": 0}, worker_id, None, timedelta(seconds=30))
+    if operation == "requeue":
+        queries.log_jobs([(job, "failed", None)], queue_manager_id=worker_id)
+
+    def register(pgq: AsyncPgQueuer) -> None:
+        @pgq.entrypoint("woken")
+        async def woken(job: TheirJob) -> None:
+            ran.set()
+
+        @pgq.entrypoint("ready")
+        async def on_ready(job: TheirJob) -> None:
+            ready.set()
+
+    with async_worker(dsn, register, dequeue_timeout=timedelta(seconds=30),
+                      log_aggregation_interval=timedelta(0)):
+        # PgQueuer 1.6 starts listening before its dequeue loop: once it has run
+        # a job, its listener is up (it has no other observable "listening" state).
+        assert ready.wait(10)
+        assert not ran.is_set()
+        started = time.monotonic()
+        if operation == "requeue":
+            assert queries.requeue_jobs([job_id]) == [job_id]
+        else:
+            assert queries.retry_job(job, timedelta(0), queue_manager_id=worker_id)
+        assert ran.wait(10), "PgQueuer's idle worker waited for its poll"
+        assert time.monotonic() - started < 10

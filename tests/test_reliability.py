@@ -254,8 +254,8 @@ def test_an_outcome_whose_reply_was_lost_is_recorded_once(
     final = {"hold": "failed", "retry": "successful", "success": "successful"}[outcome]
     with running(pgq, **SLOW_POLL, heartbeat_timeout=5):
         wait_for(lambda: attempts, timeout=10)
-        # Every outcome statement carries the retry step; claims without outcomes don't.
-        lost = pg_proxy.swallow_next_reply(b"retried AS")
+        # Every outcome statement starts with this step; claims without outcomes don't.
+        lost = pg_proxy.swallow_next_reply(b"done AS MATERIALIZED")
         released.set()
         assert lost.wait(10), "the outcome statement never ran"
         wait_for(lambda: log_of(conn, job_id)[-1:] == [final], timeout=20)

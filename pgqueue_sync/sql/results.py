@@ -20,13 +20,13 @@ from ..settings import DBSettings
 FINISHED_INDEX_SUFFIX = "finished_idx"
 
 # Written by the worker in the same statement as the outcome (see
-# statements.Statements.log_jobs_with_results): only jobs whose row the
+# statements.Statements.log_jobs): only jobs whose row the
 # statement really deleted or held get a result row, so a job cancelled
 # meanwhile is not reported as successful. The error of a failed job comes
 # from its traceback record; ``note`` explains a value that could not be stored.
 # A row may exist before the outcome (the Django Tasks backend writes one at
 # enqueue, describing the task): an outcome without a value keeps its result.
-STORE_RESULTS_CTE = """stored AS (
+_STORE_RESULTS = """stored AS (
     INSERT INTO {results} AS r
         (job_id, entrypoint, status, result, error, created, finished, attempts,
          queue_manager_id)
@@ -44,9 +44,7 @@ STORE_RESULTS_CTE = """stored AS (
         ) AS w(id, result, note, created, attempts, queue_manager_id)
     ) v
     JOIN (
-        SELECT id, entrypoint, status, traceback FROM removed
-        UNION ALL
-        SELECT id, entrypoint, status, traceback FROM held
+        SOURCES
     ) f ON f.id = v.id
     ON CONFLICT (job_id) DO UPDATE SET
         entrypoint = EXCLUDED.entrypoint, status = EXCLUDED.status,
@@ -55,6 +53,14 @@ STORE_RESULTS_CTE = """stored AS (
         finished = EXCLUDED.finished,
         attempts = EXCLUDED.attempts, queue_manager_id = EXCLUDED.queue_manager_id
 )"""
+
+
+def store_results_cte(sources: list[str]) -> str:
+    """The ``stored`` step, for the outcome steps (CTE names) ``sources`` of a finish."""
+    union = "\n        UNION ALL\n        ".join(
+        f"SELECT id, entrypoint, status, traceback FROM {name}" for name in sources
+    )
+    return _STORE_RESULTS.replace("SOURCES", union)
 
 
 def table(settings: DBSettings) -> sql.Identifier:

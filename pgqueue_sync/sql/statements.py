@@ -13,7 +13,7 @@ from typing import Any
 from psycopg import sql
 
 from ..settings import DBSettings
-from .results import STORE_RESULTS_CTE
+from .results import store_results_cte
 
 #: Columns returned for a job row, in :class:`~pgqueue_sync.models.Job` order.
 _JOB_COLUMNS = (
@@ -112,24 +112,30 @@ logged AS (
 
     # -- dequeue ---------------------------------------------------------------------------
 
-    @functools.cache  # noqa: B019 - twelve shapes at most
+    @functools.cache  # noqa: B019 - a few dozen shapes at most
     def dequeue(
-        self, *, capacity: bool, budget: bool, finish: bool = False, results: bool = False
+        self,
+        *,
+        capacity: bool,
+        budget: bool,
+        finish: tuple[str, ...] = (),
+        results: bool = False,
     ) -> sql.SQL:
         """Claim up to ``%(batch)s`` jobs in one statement.
 
         ``capacity``: some entrypoint has a fleet-wide ``concurrency_limit``;
         ``budget``: the worker has a ``max_concurrent_tasks`` budget;
         ``finish``: first record this worker's finished jobs and retries (the
-        guarded ``log_jobs`` parameters) in the same statement. The claim's
+        guarded ``log_jobs`` parameters, ``finish`` naming the steps from
+        :func:`finish_steps`) in the same statement. The claim's
         snapshot still counts those jobs as running, so piggybacking can only
         under-claim, never overshoot a limit.
         ``results`` (with ``finish``): also store results (the ``result_*``
         parameters) in the opt-in results table.
         """
-        parts = [_finish(guarded=True), _FINISHED_LOG] if finish else []
-        if finish and results:
-            parts.append(STORE_RESULTS_CTE)
+        parts = (
+            [_finish(finish, guarded=True, results=results, final=False)] if finish else []
+        )
         parts.append(_REGISTERED)
         if capacity:
             parts.append(_CAPACITY)
@@ -148,14 +154,17 @@ logged AS (
 
     # -- completion, retry, hold -----------------------------------------------------------
 
-    @functools.cache  # noqa: B019 - four variants
-    def log_jobs(self, *, guarded: bool, results: bool = False) -> sql.SQL:
+    @functools.cache  # noqa: B019 - sixteen variants at most
+    def log_jobs(
+        self, steps: tuple[str, ...], *, guarded: bool, results: bool = False
+    ) -> sql.SQL:
         """Finish jobs: delete, hold as ``failed`` or retry (``queued`` with a delay), and
-        log only rows that changed. ``guarded``: only rows still picked by
-        ``%(queue_manager_id)s``. ``results``: also store results (the
-        ``result_*`` parameters)."""
-        store = ",\n" + STORE_RESULTS_CTE if results else ""
-        return self._sql("WITH " + _finish(guarded) + store + _LOG_FINISHED)
+        log only rows that changed; ``steps`` from :func:`finish_steps`.
+        ``guarded``: only rows still picked by ``%(queue_manager_id)s``.
+        ``results``: also store results (the ``result_*`` parameters)."""
+        return self._sql(
+            "WITH " + _finish(steps, guarded=guarded, results=results, final=True)
+        )
 
     @functools.cached_property
     def requeue_jobs(self) -> sql.SQL:
@@ -230,11 +239,20 @@ SELECT
     def update_heartbeat(self, *, guarded: bool) -> sql.SQL:
         """Touch the heartbeat of running jobs; ``guarded``: only rows still picked by
         ``%(queue_manager_id)s`` (PgQueuer's has no guard)."""
-        guard = " AND status = 'picked' AND queue_manager_id = %(queue_manager_id)s"
-        return self._sql(
-            "UPDATE {queue} SET heartbeat = NOW() WHERE id = ANY(%(ids)s::bigint[])"
-            + (guard if guarded else "")
-        )
+        if not guarded:
+            return self._sql(
+                "UPDATE {queue} SET heartbeat = NOW() WHERE id = ANY(%(ids)s::bigint[])"
+            )
+        # Guard columns come from a materialised step, as in _GUARD (same reason).
+        return self._sql("""
+WITH beating AS MATERIALIZED (
+    SELECT b.id, %(queue_manager_id)s::uuid AS owner, 'picked'::{status} AS holding
+    FROM unnest(%(ids)s::bigint[]) AS b(id)
+)
+UPDATE {queue} q SET heartbeat = NOW()
+FROM beating b
+WHERE q.id = b.id AND q.status = b.holding AND q.queue_manager_id = b.owner
+""")
 
     @functools.cached_property
     def notify(self) -> sql.SQL:
@@ -446,38 +464,49 @@ RETURNING s.id, s.expression, s.heartbeat, s.created, s.updated, s.next_run, s.l
 # after a lost reply changes nothing. Held and retried rows wake idle
 # listeners (UPDATEs fire no trigger): pg_notify in RETURNING runs once per
 # changed row, and PostgreSQL delivers identical payloads of one transaction once.
-_FINISH = """done AS (
-    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback, d.delay, d.claimed
+_DONE = """done AS MATERIALIZED (
+    SELECT DISTINCT ON (d.id) d.id, d.status, d.traceback, d.delay, d.claimed,
+           %(queue_manager_id)s::uuid AS owner, 'picked'::{status} AS holding
     FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]::{status}[], %(tracebacks)s::jsonb[],
                 %(delays)s::interval[], %(claimed)s::timestamptz[])
         AS d(id, status, traceback, delay, claimed)
-),
-removed AS (
+)"""
+
+#: One step per kind of outcome: finished rows go, held ones stay ``failed``,
+#: retried ones go back to ``queued`` after their delay with ``attempts + 1``.
+_STEPS = {
+    "removed": """removed AS (
     DELETE FROM {queue} q USING done d
     WHERE q.id = d.id AND d.status NOT IN ('failed', 'queued') GUARD
     RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback
-),
-held AS (
+)""",
+    "held": """held AS (
     UPDATE {queue} q SET status = 'failed', updated = NOW(), queue_manager_id = NULL
     FROM done d
     WHERE q.id = d.id AND d.status = 'failed' GUARD
     RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback, WAKE AS woke
-),
-retried AS (
+)""",
+    "retried": """retried AS (
     UPDATE {queue} q
     SET status = 'queued', execute_after = NOW() + COALESCE(d.delay, interval '0'),
         attempts = q.attempts + 1, updated = NOW(), queue_manager_id = NULL
     FROM done d
     WHERE q.id = d.id AND d.status = 'queued' GUARD
     RETURNING q.id, q.entrypoint, q.priority, d.status, d.traceback, WAKE AS woke
-)"""
+)""",
+}
 
 #: Only rows still picked by the writing worker, in the claim the outcome belongs to
 #: (``updated`` is set by each claim and by nothing else while a job is picked): the
 #: idempotence guard. Without it, a retry re-sent after a lost reply would retry
 #: the job again if the same worker had meanwhile claimed it anew.
+#: Compared with columns of the materialised ``done`` rows, not with constants, so
+#: they are join conditions the planner cannot turn into a scan of its own: it
+#: reaches the rows through the primary key. (With constants it scans the indexes
+#: on ``status`` and ``queue_manager_id``, which keep one dead entry per finished
+#: job until VACUUM, or the whole table: either grows with every job run.)
 _GUARD = (
-    "AND q.status = 'picked' AND q.queue_manager_id = %(queue_manager_id)s "
+    "AND q.status = d.holding AND q.queue_manager_id = d.owner "
     "AND (d.claimed IS NULL OR q.updated = d.claimed)"
 )
 
@@ -489,25 +518,27 @@ _WAKE = (
 )
 
 
-def _finish(guarded: bool) -> str:
-    return _FINISH.replace("GUARD", _GUARD if guarded else "").replace("WAKE", _WAKE)
+def finish_steps(*, holds: bool, retries: bool) -> tuple[str, ...]:
+    """The outcome steps a batch needs (a statement carries only those: each
+    unused UPDATE step would still cost its planning and a scan of ``done``)."""
+    return ("removed", *(["held"] if holds else []), *(["retried"] if retries else []))
 
 
-_FINISHED_ROWS = """
-SELECT id, status, entrypoint, priority, traceback FROM removed
-UNION ALL
-SELECT id, status, entrypoint, priority, traceback FROM held
-UNION ALL
-SELECT id, status, entrypoint, priority, traceback FROM retried"""
+def _finish(steps: tuple[str, ...], *, guarded: bool, results: bool, final: bool) -> str:
+    """The outcome CTEs for ``steps``, then the log insert: a CTE (``finished_log``)
+    when the statement goes on (a claim), else the final statement."""
+    ctes = [_DONE, *(_STEPS[step] for step in steps)]
+    text = ",\n".join(ctes).replace("GUARD", _GUARD if guarded else "").replace("WAKE", _WAKE)
+    if results:
+        text += ",\n" + store_results_cte([s for s in steps if s != "retried"])
+    rows = "\nUNION ALL\n".join(
+        f"SELECT id, status, entrypoint, priority, traceback FROM {step}" for step in steps
+    )
+    insert = "INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)\n" + rows
+    if final:
+        return text + "\n" + insert + "\nRETURNING job_id\n"
+    return text + ",\nfinished_log AS (\n" + insert + "\n)"
 
-_LOG_FINISHED = """
-INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)""" + _FINISHED_ROWS + """
-RETURNING job_id
-"""
-
-_FINISHED_LOG = """finished_log AS (
-    INSERT INTO {log} (job_id, status, entrypoint, priority, traceback)""" + _FINISHED_ROWS + """
-)"""
 
 # The dequeue pipeline (PgQueuer 1.6 semantics, our own SQL). Steps are CTEs
 # joined by the builder according to the gate shape.

@@ -373,8 +373,10 @@ def test_a_listener_that_fails_its_health_probe_is_reconnected(
     dsn: str, queries: Queries, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A listener connection that is alive but deaf (here: UNLISTENed behind the
-    worker's back) misses its own probe; the worker reconnects it and hears again."""
+    """A listener connection that is alive but deaf misses its own probe; the worker
+    reconnects it and hears again. (Deafness is simulated by dropping what the
+    listener receives until it is asked to reconnect: touching its connection from
+    another thread would race with its select() loop.)"""
     from pgqueue_sync import options
 
     monkeypatch.setattr(options, "HEALTH_CHECK_INTERVAL", 0.5)
@@ -386,8 +388,16 @@ def test_a_listener_that_fails_its_health_probe_is_reconnected(
         with running(pgq, **SLOW_POLL):
             wait_for(lambda: pgq.qm.listener_healthy(1.0))
             listener = pgq.qm._listener
-            assert listener is not None and listener._conn is not None
-            listener._conn.execute("UNLISTEN *")
+            assert listener is not None
+            hearing = listener._dispatch
+            reconnect = listener.reconnect
+
+            def reconnect_and_hear() -> None:
+                monkeypatch.setattr(listener, "_dispatch", hearing)
+                reconnect()
+
+            monkeypatch.setattr(listener, "_dispatch", lambda payload: None)
+            monkeypatch.setattr(listener, "reconnect", reconnect_and_hear)
             wait_for(lambda: "reconnecting it" in caplog.text, timeout=10)
             wait_for(lambda: pgq.qm.listener_healthy(1.0), timeout=10)
             queries.enqueue("ping", None)

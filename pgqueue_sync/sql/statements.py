@@ -251,7 +251,8 @@ WITH beating AS MATERIALIZED (
 )
 UPDATE {queue} q SET heartbeat = NOW()
 FROM beating b
-WHERE q.id = b.id AND q.status = b.holding AND q.queue_manager_id = b.owner
+WHERE q.id = b.id AND q.status IS NOT DISTINCT FROM b.holding
+  AND q.queue_manager_id IS NOT DISTINCT FROM b.owner
 """)
 
     @functools.cached_property
@@ -500,14 +501,17 @@ _STEPS = {
 #: (``updated`` is set by each claim and by nothing else while a job is picked): the
 #: idempotence guard. Without it, a retry re-sent after a lost reply would retry
 #: the job again if the same worker had meanwhile claimed it anew.
-#: Compared with columns of the materialised ``done`` rows, not with constants, so
-#: they are join conditions the planner cannot turn into a scan of its own: it
-#: reaches the rows through the primary key. (With constants it scans the indexes
-#: on ``status`` and ``queue_manager_id``, which keep one dead entry per finished
-#: job until VACUUM, or the whole table: either grows with every job run.)
+#: Written so that the id is the only thing the planner can join or scan by: the
+#: guard compares with columns of the materialised ``done`` rows (not constants,
+#: which it would push into a scan) using IS NOT DISTINCT FROM (which no index,
+#: hash or merge join can use). The rows are then reached through the primary
+#: key. Otherwise it scans the indexes on ``status`` or ``queue_manager_id``,
+#: which keep one dead entry per finished job until VACUUM, or the whole table:
+#: either cost grows with every job the worker runs.
 _GUARD = (
-    "AND q.status = d.holding AND q.queue_manager_id = d.owner "
-    "AND (d.claimed IS NULL OR q.updated = d.claimed)"
+    "AND q.status IS NOT DISTINCT FROM d.holding "
+    "AND q.queue_manager_id IS NOT DISTINCT FROM d.owner "
+    "AND (d.claimed IS NULL OR q.updated IS NOT DISTINCT FROM d.claimed)"
 )
 
 #: A ``table_changed_event`` shaped as the trigger builds it, operation ``update``.

@@ -575,8 +575,12 @@ def test_the_default_connect_timeout_yields_to_the_dsn_and_the_environment(
     assert "connect_timeout" not in with_timeout("host=h connect_timeout=3").replace(
         "connect_timeout=3", ""
     )
+    kwargs = psycopg_driver.with_connect_timeout_kwargs
+    assert kwargs({"host": "h"}) == {"host": "h", "connect_timeout": 10}
+    assert kwargs({"connect_timeout": 3}) == {"connect_timeout": 3}
     monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
     assert "connect_timeout" not in with_timeout("host=h dbname=d")
+    assert kwargs({"host": "h"}) == {"host": "h"}
 
 
 # -- 7. run() failing anywhere stops every thread ---------------------------------------------

@@ -213,6 +213,14 @@ def with_connect_timeout(conninfo: str, seconds: int | None = None) -> str:
     return psycopg.conninfo.make_conninfo(conninfo, connect_timeout=timeout)
 
 
+def with_connect_timeout_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """``psycopg.connect()`` keywords with the default ``connect_timeout`` added, on the
+    same terms as :func:`with_connect_timeout`."""
+    if params.get("connect_timeout") is not None or _libpq_default("connect_timeout"):
+        return params
+    return {**params, "connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+
+
 def _libpq_default(keyword: str) -> str | None:
     # libpq resolves its own environment variables (PGCONNECT_TIMEOUT, ...).
     for option in psycopg.pq.Conninfo.get_defaults():

@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...applications import PgQueuer
 from ...drivers import SyncPsycopgPoolDriver, connect, describe_conninfo
+from ...drivers.psycopg import with_connect_timeout_kwargs
 from ...errors import ConnectionFailed
 from ...options import CONCURRENCY
 from . import registry
@@ -175,7 +176,8 @@ def open_pool(
     wait = sizes.get("timeout") or POOL_OPEN_TIMEOUT
     _probe(params, wait)
     pool: ConnectionPool[Any] = ConnectionPool(
-        kwargs={**params, "autocommit": True}, min_size=min_size, max_size=max_size,
+        kwargs={**with_connect_timeout_kwargs(params), "autocommit": True},
+        min_size=min_size, max_size=max_size,
         name=POOL_NAME, open=False, check=ConnectionPool.check_connection,
         **{k: v for k, v in sizes.items() if v is not None},
     )

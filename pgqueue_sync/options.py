@@ -52,13 +52,29 @@ HEALTH_CHECK_INTERVAL = 10.0
 HEALTH_CHECK_TIMEOUT = timedelta(seconds=10)
 
 
+#: The longest duration any option accepts: longer is surely a unit mistake, and
+#: PostgreSQL intervals and ``time.monotonic()`` arithmetic stay exact below it.
+MAX_DURATION = timedelta(days=3650)
+
+
 def duration(name: str, value: timedelta | float | int) -> timedelta:
-    """A non-negative ``timedelta`` from a ``timedelta`` or seconds."""
+    """A non-negative, finite ``timedelta`` (at most :data:`MAX_DURATION`) from a
+    ``timedelta`` or seconds; :class:`ConfigurationError` names ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, timedelta | float | int):
         raise ConfigurationError(f"{name} must be a timedelta or seconds, got {value!r}")
-    result = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, got {value!r}")
+    try:
+        result = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    except OverflowError:
+        result = MAX_DURATION + timedelta(seconds=1)
     if result < timedelta(0):
         raise ConfigurationError(f"{name} must not be negative, got {value!r}")
+    if result > MAX_DURATION:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_DURATION.days} days, got {value!r}; "
+            "is the unit right? (seconds, or a timedelta)"
+        )
     return result
 
 

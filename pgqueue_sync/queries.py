@@ -38,7 +38,7 @@ from .models import (
     dump_event,
     utc_now,
 )
-from .options import HEARTBEAT_TIMEOUT
+from .options import HEARTBEAT_TIMEOUT, duration
 from .settings import DBSettings, db_settings
 from .sql.arrays import bytea_array, int_array, text_array
 from .sql.statements import Statements, finish_steps
@@ -825,10 +825,10 @@ def _check_dedupe(value: object) -> str | None:
 def _delay(value: object) -> timedelta:
     if value is None or isinstance(value, datetime):
         return timedelta(0)
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+    if isinstance(value, timedelta | int | float) and not isinstance(value, bool):
+        # A negative delay (due in the past) is allowed; its size is checked as any other.
+        past = value < timedelta(0) if isinstance(value, timedelta) else value < 0
+        return -duration("execute_after", -value) if past else duration("execute_after", value)
     raise ConfigurationError(
         f"execute_after must be a timedelta, seconds or an aware datetime, got {value!r}"
     )

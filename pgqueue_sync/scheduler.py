@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from . import options
 from .aio import EventLoopThread
@@ -66,7 +66,15 @@ def normalize_expression(expression: str) -> CronExpression:
             "day-of-month month day-of-week), six with seconds last ('* * * * * */10'), "
             "or an alias such as '@hourly'"
         )
-    return CronExpression(" ".join(croniter(expression).expressions))
+    cron = croniter(expression)
+    try:
+        cron.get_next(float)
+    except CroniterBadDateError:
+        raise ConfigurationError(
+            f"cron expression {expression!r} never fires (no such date, e.g. 31 February); "
+            "fix its day-of-month and month fields"
+        ) from None
+    return CronExpression(" ".join(cron.expressions))
 
 
 @dataclasses.dataclass

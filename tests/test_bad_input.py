@@ -1,0 +1,54 @@
+"""Bad input gets a clear error that names the value and leaves the queue unchanged.
+
+The start of issue 11's battery: impossible durations (NaN, infinity, values no
+interval holds) for run() options, enqueue delays and retries, and cron
+expressions that never fire.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from pgqueue_sync import ConfigurationError, Queries
+from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.scheduler import normalize_expression
+
+from .worker_helpers import make_pgq, pool_for
+
+IMPOSSIBLE = [float("nan"), float("inf"), float("-inf"), 1e18, 9999999999 * 86400,
+              timedelta(days=100_000)]
+
+
+@pytest.mark.parametrize("value", IMPOSSIBLE, ids=repr)
+@pytest.mark.parametrize("option", ["heartbeat_timeout", "dequeue_timeout", "shutdown_timeout",
+                                    "wait_for_database", "log_aggregation_interval"])
+def test_run_rejects_impossible_durations_naming_the_option(
+    dsn: str, option: str, value: Any
+) -> None:
+    with pool_for(dsn) as pool:
+        pgq: PgQueuer = make_pgq(pool)
+        pgq.entrypoint("x")(lambda job: None)
+        with pytest.raises(ConfigurationError, match=option):
+            pgq.run(mode="drain", **{option: value})
+
+
+@pytest.mark.parametrize("value", IMPOSSIBLE, ids=repr)
+def test_enqueue_rejects_impossible_delays_and_writes_nothing(queries: Queries, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="execute_after"):
+        queries.enqueue("x", None, execute_after=value)
+    assert queries.queue_size() == []
+
+
+def test_a_delay_in_the_past_is_still_accepted(queries: Queries) -> None:
+    queries.enqueue("x", None, execute_after=-5)
+    queries.enqueue("x", None, execute_after=timedelta(seconds=-5))
+    assert sum(row.count for row in queries.queue_size()) == 2
+
+
+@pytest.mark.parametrize("expression", ["0 0 31 2 *", "0 0 30 2 *"])
+def test_a_cron_expression_that_never_fires_is_refused_at_registration(expression: str) -> None:
+    with pytest.raises(ConfigurationError, match="never fires"):
+        normalize_expression(expression)

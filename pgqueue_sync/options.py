@@ -78,6 +78,32 @@ def duration(name: str, value: timedelta | float | int) -> timedelta:
     return result
 
 
+#: Longest entrypoint name and dedupe key, in UTF-8 bytes: well inside what one
+#: B-tree index entry of the queue table can hold (about 2,700 bytes, shared with
+#: the other indexed columns).
+MAX_KEY_BYTES = 1024
+
+
+def key_text(name: str, value: str) -> str:
+    """``value`` if PostgreSQL can store and index it as an entrypoint or dedupe key:
+    valid UTF-8, no NUL character, at most :data:`MAX_KEY_BYTES` bytes."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{name} {value[:40]!r}... is not valid text (a lone surrogate); "
+            "pass a proper str"
+        ) from None
+    if "\x00" in value:
+        raise ConfigurationError(f"{name} must not contain NUL characters, got {value[:40]!r}")
+    if size > MAX_KEY_BYTES:
+        raise ConfigurationError(
+            f"{name} is {size} bytes long; at most {MAX_KEY_BYTES} bytes (UTF-8) fit the "
+            f"queue's indexes: shorten it (e.g. hash a long key), got {value[:40]!r}..."
+        )
+    return value
+
+
 def positive_duration(name: str, value: timedelta | float | int) -> timedelta:
     """Like :func:`duration`, but zero is rejected too."""
     result = duration(name, value)
@@ -102,6 +128,7 @@ def check_entrypoint_name(name: str, registry: Mapping[str, object]) -> None:
     """Reject empty or already registered names."""
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"entrypoint name must be a non-empty string, got {name!r}")
+    key_text("entrypoint name", name)
     if name in registry:
         raise ConfigurationError(f"entrypoint {name!r} is already registered; names must be unique")
 

@@ -38,7 +38,7 @@ from .models import (
     dump_event,
     utc_now,
 )
-from .options import HEARTBEAT_TIMEOUT, duration
+from .options import HEARTBEAT_TIMEOUT, duration, key_text
 from .settings import DBSettings, db_settings
 from .sql.arrays import bytea_array, int_array, text_array
 from .sql.statements import Statements, finish_steps
@@ -796,7 +796,7 @@ def _normalize_batch(
 def _check_entrypoint(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"entrypoint must be a non-empty string, got {value!r}")
-    return value
+    return key_text("entrypoint", value)
 
 
 def _check_payload(value: object) -> bytes | None:
@@ -817,8 +817,10 @@ def _check_priority(value: object) -> int:
 
 
 def _check_dedupe(value: object) -> str | None:
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
+    if isinstance(value, str):
+        return key_text("dedupe_key", value)
     raise ConfigurationError(f"dedupe_key must be a string or None, got {value!r}")
 
 
@@ -850,8 +852,40 @@ def _headers(value: object) -> Jsonb:
     if value is None:
         return Jsonb(None)
     if isinstance(value, Mapping):
-        return Jsonb(dict(value))
+        headers = dict(value)
+        _check_storable_json("headers", headers)
+        return Jsonb(headers)
     raise ConfigurationError(f"headers must be a mapping or None, got {type(value).__name__}")
+
+
+def _check_storable_json(name: str, value: object) -> None:
+    """Refuse what ``jsonb`` cannot hold, before any SQL runs: NaN/infinity, values
+    JSON has no form for, NUL characters and lone surrogates."""
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{name} must be plain JSON (str, int, finite float, bool, None, lists and "
+            f"dicts with str keys): {exc}"
+        ) from None
+    if _has_nul(value):
+        raise ConfigurationError(f"{name} must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{name} contains a lone surrogate, which is not valid text"
+        ) from None
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _trace_publish(tracer: TracingProtocol | None, rows: dict[str, list[Any]]) -> None:

@@ -52,3 +52,46 @@ def test_a_delay_in_the_past_is_still_accepted(queries: Queries) -> None:
 def test_a_cron_expression_that_never_fires_is_refused_at_registration(expression: str) -> None:
     with pytest.raises(ConfigurationError, match="never fires"):
         normalize_expression(expression)
+
+
+LONG = "x" * 10_000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"entrypoint": LONG}, "entrypoint"),
+        ({"entrypoint": "ok", "dedupe_key": LONG}, "dedupe_key"),
+        ({"entrypoint": "nul\x00"}, "entrypoint"),
+        ({"entrypoint": "ok", "dedupe_key": "lone \ud800"}, "dedupe_key"),
+        ({"entrypoint": "ok", "headers": {"n": float("nan")}}, "headers"),
+        ({"entrypoint": "ok", "headers": {"i": float("inf")}}, "headers"),
+        ({"entrypoint": "ok", "headers": {"k": "nul\x00"}}, "headers"),
+        ({"entrypoint": "ok", "headers": {"k": "lone \udc00"}}, "headers"),
+        ({"entrypoint": "ok", "headers": {"k": object()}}, "headers"),
+    ],
+    ids=["long entrypoint", "long dedupe key", "NUL entrypoint", "surrogate dedupe key",
+         "NaN header", "inf header", "NUL header", "surrogate header", "object header"],
+)
+def test_enqueue_refuses_text_the_database_would_refuse(
+    queries: Queries, kwargs: dict[str, Any], named: str
+) -> None:
+    entrypoint = kwargs.pop("entrypoint")
+    with pytest.raises(ConfigurationError, match=named):
+        queries.enqueue(entrypoint, None, **kwargs)
+    assert queries.queue_size() == []
+
+
+def test_the_longest_accepted_key_is_stored_and_indexed(queries: Queries) -> None:
+    from pgqueue_sync.options import MAX_KEY_BYTES
+
+    key = "é" * (MAX_KEY_BYTES // 2)  # two bytes each: exactly the limit
+    [job_id] = queries.enqueue(key, None, dedupe_key=key)
+    assert job_id > 0
+
+
+def test_a_worker_refuses_an_entrypoint_name_too_long_to_index(dsn: str) -> None:
+    with pool_for(dsn) as pool:
+        pgq = make_pgq(pool)
+        with pytest.raises(ConfigurationError, match="entrypoint name"):
+            pgq.entrypoint(LONG)(lambda job: None)

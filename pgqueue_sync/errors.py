@@ -125,10 +125,9 @@ class RetryRequested(RetryException):
     """
 
     def __init__(self, delay: timedelta | float = timedelta(0), reason: str | None = None) -> None:
-        if not isinstance(delay, timedelta):
-            delay = timedelta(seconds=delay)
-        if delay < timedelta(0):
-            raise ConfigurationError(f"RetryRequested delay must be >= 0, got {delay}")
+        from .options import duration  # options imports this module: import at call time
+
+        delay = duration("RetryRequested delay", delay)
         super().__init__(f"retry requested in {delay}" + (f": {reason}" if reason else ""))
         self.delay = delay
         self.reason = reason

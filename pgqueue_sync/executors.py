@@ -127,7 +127,10 @@ class DatabaseRetryEntrypointExecutor(EntrypointExecutor):
 
     def delay_for(self, attempts: int) -> timedelta:
         """The backoff before the retry that follows ``attempts`` earlier retries."""
-        seconds = self.initial_delay.total_seconds() * self.backoff_multiplier**attempts
+        try:
+            seconds = self.initial_delay.total_seconds() * self.backoff_multiplier**attempts
+        except OverflowError:  # a job with thousands of attempts: the cap applies
+            seconds = float("inf")
         seconds = min(seconds, self.max_delay.total_seconds())
         if self.jitter:
             seconds *= 1 + random.uniform(-self.jitter, self.jitter)

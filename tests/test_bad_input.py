@@ -95,3 +95,24 @@ def test_a_worker_refuses_an_entrypoint_name_too_long_to_index(dsn: str) -> None
         pgq = make_pgq(pool)
         with pytest.raises(ConfigurationError, match="entrypoint name"):
             pgq.entrypoint(LONG)(lambda job: None)
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -1, 1e18], ids=repr)
+def test_a_retry_with_an_impossible_delay_names_it(delay: float) -> None:
+    from pgqueue_sync import RetryRequested
+
+    with pytest.raises(ConfigurationError, match="RetryRequested delay"):
+        RetryRequested(delay)
+
+
+def test_retry_backoff_does_not_overflow_after_thousands_of_attempts() -> None:
+    from pgqueue_sync.executors import (
+        DatabaseRetryEntrypointExecutor,
+        EntrypointExecutorParameters,
+    )
+
+    executor = DatabaseRetryEntrypointExecutor(
+        EntrypointExecutorParameters(concurrency_limit=0, func=lambda job: None),
+        max_attempts=10_000, max_delay=timedelta(minutes=5), jitter=0.0,
+    )
+    assert executor.delay_for(5_000) == timedelta(minutes=5)

@@ -15,22 +15,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.faults import PgProxy, PrivateCluster, _Wire, terminate_backends
+from tests.worker_helpers import wait_for
 
 T = TypeVar("T")
 
 MARKER = b"pgqs_marker"
-
-
-def _until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -80,7 +69,7 @@ def test_proxy_forwards_queries(pg_proxy: PgProxy, dsn: str) -> None:
             cur1 = conn.execute("SELECT 1")
             cur2 = conn.execute("SELECT %s::text", ["two"])
         assert cur1.fetchone() == (1,) and cur2.fetchone() == ("two",)
-    _until(lambda: pg_proxy.open_connections() == 0, what="the pair to close")
+    wait_for(lambda: pg_proxy.open_connections() == 0, what="the pair to close")
     assert pg_proxy.accepted == 1 and pg_proxy.refused == 0
 
 
@@ -139,7 +128,7 @@ def test_cut_all_breaks_open_connections_only(pg_proxy: PgProxy, dsn: str) -> No
             second.execute("SELECT 1")
     with _connect(proxied) as fresh:
         assert fresh.execute("SELECT 2").fetchone() == (2,)
-    _until(lambda: pg_proxy.open_connections() == 0, what="the pair to close")
+    wait_for(lambda: pg_proxy.open_connections() == 0, what="the pair to close")
     assert pg_proxy.cut_all() == 0
 
 
@@ -158,7 +147,7 @@ def test_cut_all_during_a_running_query(pg_proxy: PgProxy, dsn: str) -> None:
         worker.start()
         try:
             with _connect(dsn) as admin:
-                _until(
+                wait_for(
                     lambda: admin.execute(
                         "SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
                         " AND state = 'active' AND datname = current_database()"
@@ -187,7 +176,7 @@ def test_refuse_for_a_while_then_accept(pg_proxy: PgProxy, dsn: str) -> None:
         except psycopg.OperationalError:
             return False
 
-    _until(try_connect, timeout=10, what="refusal to end")
+    wait_for(try_connect, timeout=10, what="refusal to end")
     assert time.monotonic() - started >= 0.95
     assert not pg_proxy.refusing
 
@@ -231,7 +220,7 @@ def test_swallow_next_reply_commits_but_loses_the_reply(
         assert event.wait(5)
         assert conn.closed or conn.broken
     assert _rows(dsn, table) == [(1,)]
-    _until(lambda: pg_proxy.open_connections() == 0, what="the pair to close")
+    wait_for(lambda: pg_proxy.open_connections() == 0, what="the pair to close")
     # One shot: the same statement now goes through.
     with _connect(pg_proxy.dsn(dsn)) as conn:
         conn.execute(insert, params)

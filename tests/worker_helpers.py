@@ -14,15 +14,22 @@ from pgqueue_sync import DBSettings
 from pgqueue_sync.applications import PgQueuer
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    *,
+    what: str | None = None,
+) -> Any:
+    """Poll ``predicate`` until it is truthy (and return that); fail the test after
+    ``timeout`` seconds, naming ``what`` (default: the predicate)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+            raise AssertionError(f"condition not met within {timeout}s: {what or predicate}")
         time.sleep(interval)
 
 

@@ -84,6 +84,7 @@ from .queries import (
     _trace_publish,
 )
 from .settings import DBSettings, db_settings
+from .sql.names import check_lengths
 from .tracing import TracingProtocol
 from .types import (
     JOB_STATUS,
@@ -350,6 +351,7 @@ class InMemoryQueries:
     ) -> None:
         self.driver = driver if driver is not None else InMemoryDriver()
         self.settings = settings or db_settings()
+        check_lengths(self.settings)  # the same settings must work against PostgreSQL
         self.tracer = tracer
 
     def _statement(self) -> contextlib.AbstractContextManager[_Statement]:

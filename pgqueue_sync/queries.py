@@ -189,7 +189,7 @@ class Queries:
         rows = _normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
         _check_conflict_mode(on_conflict, rows["dedupe_key"])
         _trace_publish(self.tracer, rows)
-        params = {**_enqueue_params(rows), "sequence": self.statements.sequence_name}
+        params = {**_enqueue_params(rows), "table": self.statements.queue_table_text}
         try:
             result = self.driver.fetch(self.statements.enqueue(on_conflict), params)
         except UniqueViolation as exc:

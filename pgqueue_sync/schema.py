@@ -19,7 +19,7 @@ from psycopg import sql
 from .drivers.base import Driver
 from .errors import AlreadyInstalledError, SchemaError, SchemaNotInstalledError
 from .settings import DBSettings, db_settings
-from .sql import ddl
+from .sql import ddl, names
 from .sql.ddl import TABLE_FIELDS, TABLES, ColumnSpec, IndexSpec, TableRole, TableSpec
 from .types import Durability
 
@@ -550,6 +550,7 @@ class Schema:
     def __init__(self, driver: Driver, settings: DBSettings | None = None) -> None:
         self.driver = driver
         self.settings = settings if settings is not None else db_settings()
+        names.check_lengths(self.settings)  # before any DDL: PostgreSQL would truncate
         self._catalog = _Catalog(self.settings)
 
     # -- install / uninstall ---------------------------------------------------------------

@@ -50,6 +50,15 @@ _SCHEMA_SCOPED = (
 )
 #: pgqueue_sync's own opt-in results table (not PgQueuer's; no PGQUEUER_* variable).
 RESULTS_TABLE_DEFAULT = "pgqueue_sync_results"
+
+
+def default_name(field: str) -> str:
+    """The default name of the object in ``field``, before the prefix is prepended."""
+    if field == "results_table":
+        return RESULTS_TABLE_DEFAULT
+    return _OBJECT_DEFAULTS[field]
+
+
 _TRUE = {"1", "true", "yes", "on", "t", "y"}
 _FALSE = {"0", "false", "no", "off", "f", "n"}
 
@@ -101,6 +110,11 @@ class DBSettings:
         if self.db_schema is not None and not _SCHEMA_RE.match(self.db_schema):
             raise ConfigurationError(
                 f"invalid schema {self.db_schema!r}: use a plain identifier (PGQUEUER_SCHEMA)"
+            )
+        if self.db_schema is not None and len(self.db_schema.encode()) > MAX_IDENTIFIER_BYTES:
+            raise ConfigurationError(
+                f"schema {self.db_schema!r} is longer than {MAX_IDENTIFIER_BYTES} bytes; "
+                "PostgreSQL would truncate it: choose a shorter PGQUEUER_SCHEMA"
             )
         for field in (*_SCHEMA_SCOPED, "trigger"):
             name = getattr(self, field)

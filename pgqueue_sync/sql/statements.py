@@ -13,6 +13,7 @@ from typing import Any
 from psycopg import sql
 
 from ..settings import DBSettings
+from .names import check_lengths
 from .results import store_results_cte
 
 #: Columns returned for a job row, in :class:`~pgqueue_sync.models.Job` order.
@@ -41,6 +42,7 @@ class StatementSet:
     """Statements rendered for one set of object names; immutable and thread-safe."""
 
     def __init__(self, settings: DBSettings) -> None:
+        check_lengths(settings)  # before any statement is rendered, let alone sent
         self.settings = settings
         self._names: dict[str, Any] = {
             "queue": settings.ident("queue_table"),
@@ -61,11 +63,13 @@ class Statements(StatementSet):
     """The queue's own statements (claim, enqueue, outcomes, schedules, ...)."""
 
     @property
-    def sequence_name(self) -> str:
-        """The quoted, qualified name of the queue id sequence (bound as a ``regclass``)."""
-        parts = self.settings.qualified_parts("queue_table")
-        seq = sql.Identifier(*parts[:-1], f"{parts[-1].lower()}_id_seq")
-        return seq.as_string()
+    def queue_table_text(self) -> str:
+        """The quoted, qualified queue table name, bound for ``pg_get_serial_sequence``.
+
+        The id sequence is looked up rather than named by convention: PostgreSQL
+        shortens a long table's sequence name, and an operator may rename it.
+        """
+        return self.settings.ident("queue_table").as_string()
 
     # -- enqueue ---------------------------------------------------------------------------
 
@@ -87,7 +91,7 @@ class Statements(StatementSet):
         predicate = sql.SQL("dedupe_key IS NOT NULL AND status IN ('queued', 'picked')")
         template = """
 WITH input AS MATERIALIZED (
-    SELECT nextval(%(sequence)s::regclass) AS id, t.*
+    SELECT nextval((SELECT pg_get_serial_sequence(%(table)s, 'id'))::regclass) AS id, t.*
     FROM unnest(
         %(priority)s::integer[], %(entrypoint)s::text[], %(delay)s::interval[],
         %(at)s::timestamptz[], %(dedupe_key)s::text[], %(payload)s::bytea[],

@@ -20,10 +20,10 @@ import psycopg
 
 from . import supervisor
 from ._version import __version__
-from .cli_format import parse_duration, parse_headers, table, to_json
+from .cli_format import parse_duration, parse_headers, table, to_json, user_traceback
 from .drivers import SyncPsycopgDriver, connect
 from .dsn import ResolvedDSN, resolve_dsn
-from .errors import ConfigurationError, DuplicateJobError, PgqException
+from .errors import ConfigurationError, DuplicateJobError, FactoryError, PgqException
 from .queries import Queries
 from .schema import Schema, durability_script, install_script, uninstall_script
 from .settings import DBSettings
@@ -96,20 +96,39 @@ class State:
         self._stack.close()
 
 
+#: Raised (click 8.2+) for a group called without a subcommand: shows its help.
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class FactoryFailed(UserError):
+    """A worker factory failed: one summary line, then the user's own traceback."""
+
+
 class Group(click.Group):
     """Turns library errors into one-line messages instead of tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):
+                raise  # a group called bare: click prints its help
+            # One line instead of click's usage block; the hint says where to look.
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            raise UsageProblem(f"{_one_line(exc)} (see '{where} --help')") from None
         except ConfigurationError as exc:
             raise UsageProblem(_one_line(exc)) from None
+        except FactoryError as exc:
+            everything = logging.getLogger().isEnabledFor(logging.DEBUG)
+            trace = user_traceback(exc.__cause__, everything=everything)
+            raise FactoryFailed(f"{_one_line(exc)}\n{trace}".rstrip()) from None
         except PgqException as exc:
             raise UserError(_one_line(exc)) from None
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def _state() -> State:
@@ -118,6 +137,36 @@ def _state() -> State:
 
 def _fail(message: str) -> NoReturn:
     raise UserError(message)
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg]
+    """A duration option given in seconds (``30``, ``1.5``) or with a unit (``5m``).
+
+    Converted to float seconds; NaN, infinity and values past
+    :data:`~pgqueue_sync.options.MAX_DURATION` fail with one line naming the option.
+    """
+
+    name = "seconds"
+
+    def __init__(self, *, minimum: float = 0.0, positive: bool = False) -> None:
+        self.minimum = minimum
+        self.positive = positive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = repr(value)
+        # click names the option in front of the message: say only what is wrong.
+        try:
+            seconds = parse_duration(str(value), option="").total_seconds()
+        except ConfigurationError as exc:
+            self.fail(_one_line(exc), param, ctx)
+        if self.positive and seconds <= 0:
+            self.fail(f"must be more than 0, got {value!r}", param, ctx)
+        if seconds < self.minimum:
+            self.fail(f"must be at least {self.minimum:g}s, got {value!r}", param, ctx)
+        return seconds
 
 
 def json_option(func: F) -> F:
@@ -291,12 +340,14 @@ def enqueue(
     on_conflict: str,
     headers: str | None,
 ) -> None:
-    """Add a job; PAYLOAD is stored as UTF-8 bytes. Prints the new job id."""
+    """Add a job; PAYLOAD is stored as the bytes given (UTF-8 text). Prints the new job id."""
     after = parse_duration(delay, option="--delay") if delay else None
     try:
         ids = _state().queries.enqueue(
             entrypoint,
-            payload.encode() if payload is not None else None,
+            # The bytes as given: fsencode undoes the surrogate escapes that stand
+            # for argv bytes that are not UTF-8 (e.g. $'\xff').
+            os.fsencode(payload) if payload is not None else None,
             priority,
             after,
             dedupe_key,
@@ -370,25 +421,27 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
               help="Handler threads (jobs in flight) per worker.  [default: 10]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True,
               help="Jobs claimed per statement.")
-@click.option("--dequeue-timeout", type=float, default=30.0, show_default=True,
+@click.option("--dequeue-timeout", type=Seconds(positive=True), default=30.0,
+              show_default=True,
               help="Seconds between polls when no notification arrives.")
-@click.option("--heartbeat-timeout", type=float, default=30.0, show_default=True,
+@click.option("--heartbeat-timeout", type=Seconds(positive=True), default=30.0,
+              show_default=True,
               help="A picked job with an older heartbeat is re-picked (same on every worker).")
 @click.option("--max-concurrent-tasks", type=click.IntRange(min=1), default=None,
               help="Cap on jobs this worker holds picked at once.")
 @click.option("--mode", type=click.Choice([m.value for m in QueueExecutionMode]),
               default="continuous", show_default=True,
               help="drain: exit once no eligible work remains.")
-@click.option("--shutdown-timeout", type=float, default=None,
+@click.option("--shutdown-timeout", type=Seconds(), default=None,
               help="Seconds running jobs get to finish at shutdown; the rest go back to the "
               "queue.  [default: wait]")
-@click.option("--wait-for-database", type=click.FloatRange(min=0), default=None,
+@click.option("--wait-for-database", type=Seconds(), default=None,
               help="Seconds to keep retrying an unreachable database at start before "
               "exiting.  [default: 60]")
 @click.option("--shutdown-on-listener-failure", is_flag=True,
               help="Stop when the LISTEN connection fails its health check.")
 @click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")
-@click.option("--restart-delay", type=float, default=5.0, show_default=True,
+@click.option("--restart-delay", type=Seconds(), default=5.0, show_default=True,
               help="Seconds before a restart.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics and /healthz on this port (needs the 'metrics' extra).")
@@ -452,4 +505,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # Importing these registers their commands on `cli`.
-from . import cli_metrics, cli_ops, cli_results  # noqa: E402,F401
+from . import cli_grants, cli_metrics, cli_ops, cli_results  # noqa: E402,F401

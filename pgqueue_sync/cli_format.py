@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import re
+import traceback
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import ConfigurationError
+from .options import MAX_DURATION, duration
 
 _DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -23,7 +27,13 @@ def parse_duration(text: str, *, option: str) -> timedelta:
             f"got {text!r}"
         )
     seconds = float(match.group("value")) * _UNIT_SECONDS[match.group("unit") or "s"]
-    return timedelta(seconds=seconds)
+    try:
+        return duration(option, seconds)  # finite, and within what an interval holds
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"{option} {text.strip()!r} is too long: at most {MAX_DURATION.days} days; "
+            "is the unit right?"
+        ) from None
 
 
 def parse_headers(text: str | None) -> dict[str, Any] | None:
@@ -82,3 +92,40 @@ def _cell(value: object) -> str:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: Frames from these places are not the user's code: the package itself, the
+#: import machinery and click.
+_NOT_USER_CODE = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep,
+    "<frozen ",
+)
+
+
+def user_traceback(exc: BaseException | None, *, everything: bool = False) -> str:
+    """The traceback of ``exc`` with frames outside the user's own code left out.
+
+    ``everything`` keeps every frame (``--log-level DEBUG``). Empty for ``None``.
+    """
+    if exc is None:
+        return ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    kept = frames if everything else [f for f in frames if not _outside_user_code(f.filename)]
+    lines = []
+    if kept:
+        note = "most recent call last"
+        if len(kept) < len(frames):
+            note = "frames outside your code left out; --log-level DEBUG shows all"
+        lines.append(f"Traceback ({note}):\n")
+    frames = traceback.StackSummary.from_list(kept)
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def _outside_user_code(filename: str) -> bool:
+    if filename.startswith(_NOT_USER_CODE):
+        return True
+    parts = os.path.normpath(filename).split(os.sep)
+    return "click" in parts and "site-packages" in parts

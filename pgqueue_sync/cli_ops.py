@@ -25,7 +25,7 @@ import click
 import psycopg
 from psycopg import sql
 
-from .cli import UsageProblem, _state, cli, json_option
+from .cli import Seconds, UsageProblem, _state, cli, json_option
 from .cli_format import parse_duration, table, to_json
 from .drivers.base import translate_errors
 from .drivers.psycopg import describe_conninfo
@@ -141,7 +141,7 @@ def _one_line(text: str) -> str:
 
 
 @cli.command(short_help="Live view: queue, throughput, workers, failures.")
-@click.option("-i", "--interval", type=click.FloatRange(min=0.1), default=None,
+@click.option("-i", "--interval", type=Seconds(minimum=0.1), default=None,
               help=f"Seconds between refreshes.  [default: {DEFAULT_DASHBOARD_INTERVAL:g}]")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True,
               help="Rows per section.")

@@ -90,6 +90,14 @@ class DeadlockDetected(DatabaseError):
     """PostgreSQL broke a deadlock by failing this statement (SQLSTATE 40P01)."""
 
 
+class PermissionDenied(DatabaseError):
+    """The role lacks a privilege the operation needs (SQLSTATE 42501).
+
+    Not transient: only a grant fixes it (``pgq-sync grants producer|worker|admin
+    ROLE``, see ``docs/permissions.md``), so a drain-mode worker stops on it.
+    """
+
+
 class SchemaNotInstalledError(DatabaseError):
     """The queue tables are missing: run ``pgq-sync install`` (or ``pgq install``) first."""
 
@@ -131,6 +139,15 @@ class RetryRequested(RetryException):
         super().__init__(f"retry requested in {delay}" + (f": {reason}" if reason else ""))
         self.delay = delay
         self.reason = reason
+
+
+class FactoryError(PgqException):
+    """A worker factory could not be imported or raised while building the worker.
+
+    The message is one summary line (``could not load tasks:make_app:
+    ModuleNotFoundError: No module named 'x'``); the user's exception is the
+    ``__cause__``, with its traceback.
+    """
 
 
 class FailingListenerError(PgqException):

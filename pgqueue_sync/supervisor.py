@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from .applications import PgQueuer
-from .errors import ConfigurationError, PgqException
+from .errors import ConfigurationError, FactoryError, PgqException
 from .options import duration
 from .qm import QueueManager
 from .scheduler import SchedulerManager
@@ -46,12 +46,14 @@ def load_factory(path: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and f"{module_name}.".startswith(f"{exc.name}."):
             raise ConfigurationError(
                 f"cannot import module {module_name!r} (run from the directory that holds it, "
                 "or fix PYTHONPATH)"
             ) from exc
-        raise
+        raise _factory_error("load", path, exc) from exc
+    except Exception as exc:  # a syntax error or a failing import inside the user's module
+        raise _factory_error("load", path, exc) from exc
     factory = getattr(module, attribute, None)
     if factory is None:
         raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}")
@@ -79,7 +81,13 @@ def build(factory: Callable[..., Any], args: Sequence[str]) -> Iterator[Runnable
             f"the factory returned {type(made).__name__}; return {_EXPECTED}, "
             "or a context manager that yields one"
         )
-    with made as worker:
+    with contextlib.ExitStack() as stack:
+        try:
+            worker = stack.enter_context(made)
+        except PgqException:
+            raise
+        except Exception as exc:
+            raise _factory_error("build the worker with", _describe(factory), exc) from exc
         if not isinstance(worker, _RUNNABLE):
             raise ConfigurationError(
                 f"the factory's context manager yielded {type(worker).__name__}; "
@@ -88,19 +96,34 @@ def build(factory: Callable[..., Any], args: Sequence[str]) -> Iterator[Runnable
         yield worker
 
 
+def _factory_error(verb: str, what: str, exc: BaseException) -> FactoryError:
+    detail = " ".join(str(exc).split())
+    return FactoryError(f"could not {verb} {what}: {type(exc).__name__}" +
+                        (f": {detail}" if detail else ""))
+
+
 def _call(factory: Callable[..., Any], args: list[str]) -> Any:
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        return factory(args)
-    if params:
-        return factory(args)
-    if args:
+        params = None
+    if params is not None and not params and args:
         raise ConfigurationError(
             "arguments were given after '--' but the factory takes no parameter; "
             "add one (it receives the arguments as a list of strings)"
         )
-    return factory()
+    try:
+        return factory() if params is not None and not params else factory(args)
+    except PgqException:
+        raise  # already says what is wrong (a bad option, an unreachable database)
+    except Exception as exc:
+        raise _factory_error("build the worker with", _describe(factory), exc) from exc
+
+
+def _describe(factory: Callable[..., Any]) -> str:
+    module = getattr(factory, "__module__", None)
+    name = getattr(factory, "__qualname__", None) or type(factory).__name__
+    return f"{module}:{name}" if module else name
 
 
 def run(

@@ -101,6 +101,44 @@ def test_invalid_setting_is_e002(setting: Any, fragment: str) -> None:
     assert "PGQUEUE_SYNC" in message.hint
 
 
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ({"WORKER": {"dequeue_timeout": float("nan")}}, "['WORKER']['dequeue_timeout']"),
+        ({"WORKER": {"heartbeat_timeout": float("inf")}}, "['WORKER']['heartbeat_timeout']"),
+        ({"WORKER": {"shutdown_timeout": -1}}, "['WORKER']['shutdown_timeout']"),
+        ({"WORKER": {"restart_delay": 1e18}}, "['WORKER']['restart_delay']"),
+        ({"WORKER": {"wait_for_database": float("-inf")}}, "['WORKER']['wait_for_database']"),
+        ({"POOL": {"timeout": float("nan")}}, "['POOL']['timeout']"),
+        ({"POOL": {"max_lifetime": 1e300}}, "['POOL']['max_lifetime']"),
+        ({"WORKER": {"concurrency": "8"}}, "['WORKER']['concurrency']"),
+    ],
+    ids=["nan dequeue", "inf heartbeat", "negative shutdown", "huge restart delay",
+         "-inf wait", "nan pool timeout", "huge lifetime", "string concurrency"],
+)
+def test_impossible_worker_and_pool_values_are_e002(setting: Any, fragment: str) -> None:
+    with override_settings(PGQUEUE_SYNC=setting):
+        [message] = our_checks.check_configuration()
+    assert message.id == "pgqueue_sync.E002"
+    assert fragment in message.msg
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ({"PREFIX": "p" * 31}, "prefix of at most 30 bytes"),
+        ({"SCHEMA": "s" * 64}, "longer than 63 bytes"),
+        ({"PREFIX": 'x"; drop table t; --'}, "invalid prefix"),
+    ],
+    ids=["31-byte prefix", "64-byte schema", "injection"],
+)
+def test_names_postgres_would_truncate_or_refuse_are_e003(setting: Any, fragment: str) -> None:
+    with override_settings(PGQUEUE_SYNC=setting):
+        [message] = our_checks.check_configuration()
+    assert message.id == "pgqueue_sync.E003"
+    assert fragment in message.msg
+
+
 def test_invalid_names_are_e003() -> None:
     with override_settings(PGQUEUE_SYNC={"PREFIX": "bad-prefix"}):
         [message] = our_checks.check_configuration()

@@ -191,6 +191,29 @@ def test_worker_rejects_bad_settings_and_connection_flags() -> None:
     assert failed.value.returncode == 2
 
 
+@pytest.mark.django_db
+def test_a_task_module_that_fails_to_import_is_summarised_with_the_users_frames() -> None:
+    with with_settings(TASK_MODULES=["tests.django_tests.shop.broken_tasks"]), \
+            pytest.raises(CommandError) as failed:
+        call_command("pgq_sync", "worker", "--mode", "drain")
+    message = str(failed.value)
+    first, _, trace = message.partition("\n")
+    assert first.startswith("could not build the worker with ")
+    assert "RuntimeError: SHOP_API_KEY is not configured" in first
+    assert "broken_tasks.py" in trace and "_read_config" in trace
+    assert "pgqueue_sync" not in trace  # our frames are trimmed
+    assert failed.value.returncode == 1
+
+
+@pytest.mark.django_db
+def test_impossible_worker_settings_stop_the_command_with_the_key() -> None:
+    with with_settings(WORKER={"dequeue_timeout": float("inf")}), \
+            pytest.raises(CommandError) as failed:
+        call_command("pgq_sync", "worker", "--mode", "drain")
+    assert "PGQUEUE_SYNC['WORKER']['dequeue_timeout']" in str(failed.value)
+    assert failed.value.returncode == 2
+
+
 # -- python -m django, in a subprocess ------------------------------------------------------
 
 

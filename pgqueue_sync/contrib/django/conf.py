@@ -23,7 +23,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ...errors import ConfigurationError
+from ...options import duration
 from ...settings import DBSettings
+from ...sql.names import check_lengths
 from .errors import DjangoConfigurationError
 
 #: The setting's name in ``settings.py``.
@@ -49,6 +52,11 @@ WORKER_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "restart_delay": (int, float),
     "metrics_port": int,
 }
+#: ``WORKER`` and ``POOL`` keys holding seconds (checked like every duration option).
+_SECONDS = frozenset({
+    "dequeue_timeout", "heartbeat_timeout", "shutdown_timeout", "wait_for_database",
+    "restart_delay", "timeout", "max_idle", "max_lifetime",
+})
 #: ``POOL`` keys (``psycopg_pool.ConnectionPool`` arguments).
 POOL_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "min_size": int,
@@ -99,7 +107,9 @@ class DjangoQueueSettings:
             overrides["prefix"] = self.prefix
         if self.schema is not None:
             overrides["db_schema"] = self.schema
-        return DBSettings.from_env(**overrides)
+        settings = DBSettings.from_env(**overrides)
+        check_lengths(settings)  # refused here (check E003), not at the first enqueue
+        return settings
 
 
 _cache_lock = threading.Lock()
@@ -200,7 +210,17 @@ def _options(
             raise DjangoConfigurationError(
                 f"{SETTING}[{key!r}][{name!r}] has the wrong type: {item!r}"
             )
+        if item is not None and name in _SECONDS:
+            _seconds(f"{SETTING}[{key!r}][{name!r}]", item)
     return dict(value)
+
+
+def _seconds(name: str, value: Any) -> None:
+    """A duration in seconds: finite, not negative, within the one maximum."""
+    try:
+        duration(name, value)
+    except ConfigurationError as exc:
+        raise DjangoConfigurationError(str(exc)) from None
 
 
 def _test_mode(raw: Mapping[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ import click
 from click.core import ParameterSource
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from .....cli import cli
+from .....cli import FactoryFailed, cli
 from ...conf import SETTING, get_settings
 from ...db import worker_conninfo
 from ...errors import DjangoConfigurationError
@@ -224,6 +224,8 @@ def run_click(
 
 
 def _one_line(exc: click.ClickException) -> str:
+    if isinstance(exc, FactoryFailed):  # the summary line, then the user's traceback
+        return exc.format_message()
     no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
     ctx = getattr(exc, "ctx", None)
     if isinstance(exc, no_args_is_help) and ctx is not None:

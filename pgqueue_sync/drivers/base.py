@@ -18,6 +18,7 @@ from ..errors import (
     ConnectionFailed,
     DatabaseError,
     DeadlockDetected,
+    PermissionDenied,
     SchemaNotInstalledError,
     UniqueViolation,
 )
@@ -25,6 +26,11 @@ from ..errors import (
 Params = Mapping[str, Any] | Sequence[Any] | None
 Row = dict[str, Any]
 Query = sql.SQL | sql.Composed
+#: Appended to a permission error: how to give the role what it lacks.
+GRANT_HINT = (
+    "grant the role its part of the queue's privileges "
+    "(pgq-sync grants producer|worker|admin ROLE; see docs/permissions.md)"
+)
 
 
 class Driver(Protocol):
@@ -79,6 +85,8 @@ def translate(exc: psycopg.Error) -> DatabaseError:
         return UniqueViolation(message, constraint_name=exc.diag.constraint_name)
     if isinstance(exc, pg_errors.DeadlockDetected):
         return DeadlockDetected(message, sqlstate=sqlstate)
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return PermissionDenied(f"{message}: {GRANT_HINT}", sqlstate=sqlstate)
     if isinstance(exc, (pg_errors.UndefinedTable, pg_errors.UndefinedObject)):
         return SchemaNotInstalledError(
             f"{message}; is the queue schema installed? run 'pgq-sync install' "

@@ -147,8 +147,18 @@ class Results:
     def install(self) -> None:
         """Create the table and its index in one transaction (idempotent)."""
         with self.driver.transaction() as tx:
-            for statement in results_sql.install_statements(self.settings):
+            # Skip CREATE SCHEMA for an existing schema: it needs CREATE on the database.
+            create_schema = not self._schema_exists(tx)
+            for statement in results_sql.install_statements(
+                self.settings, create_schema=create_schema
+            ):
                 tx.execute(statement)
+
+    def _schema_exists(self, driver: Driver) -> bool:
+        if not self.settings.db_schema:
+            return True
+        query, params = ddl.namespace_exists(self.settings)
+        return bool(driver.fetch(query, params)[0]["present"])
 
     def uninstall(self) -> None:
         """Drop the table and every stored result (``IF EXISTS``)."""

@@ -153,11 +153,8 @@ class _Catalog:
     def _namespace_exists(self, driver: Driver) -> bool:
         if not self.settings.db_schema:
             return True
-        rows = driver.fetch(
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s) AS present"),
-            [self.settings.db_schema],
-        )
-        return bool(rows[0]["present"])
+        query, params = ddl.namespace_exists(self.settings)
+        return bool(driver.fetch(query, params)[0]["present"])
 
     _WANT = sql.SQL(
         "unnest(%(roles)s::text[], %(nsps)s::text[], %(names)s::text[]) AS want(role, nsp, name) "
@@ -562,16 +559,21 @@ class Schema:
         :class:`AlreadyInstalledError`, naming what was found, if any of the
         four tables, the enum, the function or the trigger already exists.
         """
-        statements = ddl.install_statements(
-            self.settings, durability=durability, create_schema=create_schema
-        )
         with self.driver.transaction() as tx:
-            found = self._found(self._catalog.read(tx))
+            live = self._catalog.read(tx)
+            found = self._found(live)
             if found:
                 raise AlreadyInstalledError(
                     f"queue objects already exist: {', '.join(found)}; run 'pgq-sync upgrade' "
                     "(or 'pgq upgrade') to bring them up to date, or uninstall first"
                 )
+            # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+            # schema exists: skip it then, so an admin role with rights on the schema
+            # alone can install (see docs/permissions.md).
+            statements = ddl.install_statements(
+                self.settings, durability=durability,
+                create_schema=create_schema and not live.namespace_exists,
+            )
             for statement in statements:
                 tx.execute(statement)
 

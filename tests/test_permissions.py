@@ -467,11 +467,13 @@ def test_admin_privileges_install_upgrade_and_uninstall(
                                                        f"{QUEUE_SCHEMA}"):
                 schema.install(create_schema=False)
             return
-        # With a schema set, 'results install' runs CREATE SCHEMA IF NOT EXISTS, which
-        # needs CREATE on the database: see docs/permissions.md.
-        schema.install(create_schema=False)
+        # The defaults: CREATE SCHEMA is skipped for the existing schema, which would
+        # otherwise need CREATE on the database.
+        schema.install()
+        schema.install_results()
         assert schema.upgrade() == []
         schema.uninstall()
+        schema.uninstall_results()
         assert schema.verify("absent") == []
 
 

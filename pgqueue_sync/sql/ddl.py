@@ -337,6 +337,12 @@ def collapse_whitespace(text: str) -> str:
 # -- install -------------------------------------------------------------------------------
 
 
+def namespace_exists(settings: DBSettings) -> tuple[sql.SQL, list[str | None]]:
+    """A query answering ``present``: does the configured schema exist?"""
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s) AS present")
+    return query, [settings.db_schema]
+
+
 def create_namespace(settings: DBSettings) -> sql.Composed | None:
     """``CREATE SCHEMA IF NOT EXISTS`` for the configured schema, or ``None`` without one."""
     if not settings.db_schema:

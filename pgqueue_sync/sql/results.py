@@ -73,10 +73,13 @@ def index_name(settings: DBSettings) -> str:
     return settings.index_name(FINISHED_INDEX_SUFFIX, "results_table")
 
 
-def install_statements(settings: DBSettings) -> list[sql.Composed]:
-    """Create the table and its index (idempotent: ``IF NOT EXISTS``)."""
+def install_statements(settings: DBSettings, *, create_schema: bool = True) -> list[sql.Composed]:
+    """Create the table and its index (idempotent: ``IF NOT EXISTS``).
+
+    ``create_schema``: begin with ``CREATE SCHEMA IF NOT EXISTS`` when a schema is set.
+    """
     statements: list[sql.Composed] = []
-    if settings.db_schema:
+    if settings.db_schema and create_schema:
         statements.append(
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema))
         )

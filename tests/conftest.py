@@ -1,13 +1,11 @@
 """Real-PostgreSQL fixtures: one template database per session, a fresh copy per test.
 
-The server comes from ``PGQUEUE_SYNC_TEST_DSN``; without it an embedded server
-is started in a temporary directory (needs the ``embedded`` extra).
+The server comes from ``PGQUEUE_SYNC_TEST_DSN``; without it one embedded server
+is started for the whole run (see :mod:`tests.embedded_server`).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +17,11 @@ from psycopg.conninfo import make_conninfo
 
 from pgqueue_sync import DBSettings, Queries, SyncPsycopgDriver
 from pgqueue_sync.schema import Schema
+
+from . import embedded_server
+
+# Before any test module is imported: some read PGQUEUE_SYNC_TEST_DSN at import.
+embedded_server.server_dsn()
 
 
 def _admin(server_dsn: str) -> psycopg.Connection[Any]:
@@ -44,18 +47,12 @@ def drop_database(server_dsn: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_dsn() -> Iterator[str]:
+def server_dsn() -> str:
     """DSN of a maintenance database on the test server."""
-    dsn = os.environ.get("PGQUEUE_SYNC_TEST_DSN")
-    if dsn:
-        yield dsn
-        return
-    from pgqueue_sync import embedded
-
-    if not embedded.is_available():
+    dsn = embedded_server.server_dsn()
+    if dsn is None:
         pytest.skip("set PGQUEUE_SYNC_TEST_DSN or install the 'embedded' extra")
-    with tempfile.TemporaryDirectory(prefix="pgqs_test_") as data_dir:
-        yield embedded.embedded_dsn(data_dir)
+    return dsn
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -361,7 +361,9 @@ def test_a_crashed_runners_schedule_is_claimed_after_the_stale_window(
         assert nightly.wait(10), "the stale schedule was not claimed"
         released = wait_for(lambda: (r := row(queries, "nightly")).status == "queued" and r)
     assert released.last_run is not None
-    assert released.next_run.hour == 3 and released.next_run.minute == 0
+    # Cron runs in UTC; psycopg returns the session's time zone, which follows the server.
+    next_utc = released.next_run.astimezone(timezone.utc)
+    assert next_utc.hour == 3 and next_utc.minute == 0
 
 
 def test_a_schedule_claimed_again_while_running_here_does_not_start_twice(

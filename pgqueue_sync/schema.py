@@ -6,6 +6,12 @@ diffed against the declaration, and only the difference is applied, so a
 database that PgQueuer 1.3+ (or pgqueue_sync) installed converges on exactly
 what ``pgq install`` 1.6.0 creates. Nothing here drops a table or a column,
 and durability is only changed by :meth:`Schema.set_durability`.
+
+Indexes on the queue tables that the declaration does not know (PgQueuer
+2.x's ``{statistics_table}_created``, an operator's own) are tolerated, as
+``pgq upgrade`` tolerates unknown objects: verify does not report them, and
+upgrade neither rebuilds nor drops them. Both name them at DEBUG. Uninstall
+removes them with their tables.
 """
 
 from __future__ import annotations
@@ -331,6 +337,48 @@ class _Catalog:
         return _Trigger(role, row["function_schema"], row["function_name"], int(row["tgtype"]))
 
 
+# -- indexes we do not manage --------------------------------------------------------------
+
+
+def _unmanaged_indexes(settings: DBSettings, live: _Live) -> list[tuple[_Index, str]]:
+    """Indexes on the four tables that the declaration does not cover, with a description.
+
+    Covered are :data:`ddl.INDEXES`, the index retired in 1.5.0 (which upgrade
+    drops, as ``pgq upgrade`` does) and the temporary names of interrupted
+    rebuilds of declared indexes (finished or dropped by upgrade). Everything
+    else (PgQueuer 2.x's ``{statistics_table}_created``, an operator's own
+    index) is tolerated: verify does not report it and upgrade neither changes
+    nor drops it. It is only listed here, for a DEBUG log line.
+    """
+    declared = {index.name(settings) for index in ddl.INDEXES}
+    covered = declared | {ddl.rebuild_name(name) for name in declared}
+    covered.add(settings.index_name(ddl.RETIRED_QUEUE_INDEX_SUFFIX))
+    later = {index.name(settings): index for index in ddl.PGQUEUER2_INDEXES}
+    found: list[tuple[_Index, str]] = []
+    for name in sorted(set(live.indexes) - covered):
+        index = live.indexes[name]
+        spec = later.get(name)
+        if spec is not None and spec.role == index.role:
+            found.append((index, "PgQueuer 2.x index"))
+        else:
+            found.append((index, "index unknown to PgQueuer 1.6.0"))
+    return found
+
+
+def _log_unmanaged(settings: DBSettings, live: _Live, what: str) -> None:
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    for index, description in _unmanaged_indexes(settings, live):
+        logger.debug(
+            "%s: %s %r on %s (%s) tolerated and left alone",
+            what,
+            description,
+            index.name,
+            settings.bare_name(TABLE_FIELDS[index.role]),
+            index.tail,
+        )
+
+
 # -- the planner ---------------------------------------------------------------------------
 
 
@@ -343,6 +391,7 @@ class _Planner:
         self.live = live
 
     def plan(self) -> _Plan:
+        _log_unmanaged(self.settings, self.live, "upgrade")
         main: list[sql.Composed] = []
         main += self._namespace()
         main += self._enum()
@@ -643,7 +692,9 @@ class Schema:
         trigger may exist (``"unexpected table 'pgqueuer'"``). ``present``: all
         of them must, plus what a PgQueuer 1.6 worker checks at boot: columns,
         the ``canceled``/``failed`` labels and two indexes
-        (``"missing column 'pgqueuer.slot'"``).
+        (``"missing column 'pgqueuer.slot'"``). Extra indexes, such as the one
+        PgQueuer 2.x adds to the statistics table, are never a problem; they
+        are named at DEBUG.
         """
         if expect not in ("present", "absent"):
             raise ValueError(f"expect must be 'present' or 'absent', not {expect!r}")
@@ -653,6 +704,7 @@ class Schema:
         return self._missing(live)
 
     def _missing(self, live: _Live) -> list[str]:
+        _log_unmanaged(self.settings, live, "verify")
         names = self._names()
         problems = [f"missing {item}" for item, ok in self._objects(live).items() if not ok]
         required: dict[TableRole, tuple[str, ...]] = {
@@ -714,6 +766,8 @@ class Schema:
         """Bring the schema to PgQueuer 1.6.0's shape and return the SQL that ran.
 
         Idempotent; never drops tables or columns and never changes durability.
+        Indexes it does not declare (PgQueuer 2.x's ``{statistics_table}_created``,
+        or your own) are left alone; only the index PgQueuer 1.5.0 retired is dropped.
         Missing enum labels are added and committed first (a new label cannot
         be used in the transaction that adds it); everything else runs in a
         second transaction. Both take ``pg_advisory_xact_lock`` on the key

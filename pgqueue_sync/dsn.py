@@ -33,6 +33,9 @@ DSN_VARIABLES = ("PGQUEUE_SYNC_DSN", "DATABASE_URL", "PGQUEUER_DSN", "PGDSN")
 #: libpq variables that, when any is set, make an empty conninfo meaningful.
 LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE")
 
+#: :attr:`ResolvedDSN.source` when nothing was configured (step 7).
+LIBPQ_DEFAULTS = "libpq defaults"
+
 _URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9.+-]*)://")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -102,7 +105,7 @@ def resolve_dsn(
 
         if embedded.is_available():
             return ResolvedDSN(embedded.embedded_dsn(embedded.data_dir(env)), "embedded server")
-    return ResolvedDSN("", "libpq defaults")
+    return ResolvedDSN("", LIBPQ_DEFAULTS)
 
 
 def _scrub(text: str) -> str:

@@ -43,6 +43,7 @@ from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
 from .cancellation import CancellationToken, Context, JobCancelled
 from .capacity import Capacity
 from .drivers.base import require_autocommit
+from .drivers.psycopg import warn_if_pure_python
 from .errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -302,6 +303,7 @@ class QueueManager:
         if not self.entrypoint_registry:
             raise ConfigurationError("no entrypoints registered; decorate a handler first")
         require_autocommit(self.queries.driver, "worker")
+        warn_if_pure_python()
         self._reset()
         with _SignalHandlers(self._on_signal):
             if not self._await_database(opts.wait_for_database):

@@ -265,3 +265,85 @@ def test_an_installed_tracer_gets_its_headers_into_task_jobs() -> None:
     [row] = DjangoDriver().fetch(query, {"id": int(result.id)})
     assert row["headers"] == {"trace": "t-django_tasks:default", "who": "tracer"}
     assert tracer.published == [["django_tasks:default"]]
+
+
+# -- issue 12: subclasses, stored times, unknown aliases, quiet logs -------------------------
+
+SUBCLASS_TASKS = {"default": {"BACKEND": "tests.django_tests.shop.backends.ShopBackend",
+                              "QUEUES": ["default", "emails"]}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_subclass_of_the_backend_is_served_by_the_worker(committed: None) -> None:
+    with override_settings(TASKS=SUBCLASS_TASKS):
+        result = tasks.add.enqueue(20, 1)
+        assert type(task_backends["default"]).__name__ == "ShopBackend"
+        names = []
+        drain_with_worker(lambda pgq: names.extend(register_task_entrypoints(pgq)))
+        assert "django_tasks:default" in names
+        assert tasks.add.get_result(result.id).return_value == 21
+
+
+@pytest.mark.django_db
+def test_the_enqueue_result_equals_get_result() -> None:
+    result = tasks.add.enqueue(1, 2)
+    stored = tasks.add.get_result(result.id)
+    assert result.enqueued_at == stored.enqueued_at  # the stored time, not this clock
+    assert result.status == stored.status and result.args == stored.args
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_of_an_alias_the_worker_does_not_know_fails_naming_it(committed: None) -> None:
+    two = {**settings_tasks(), "reports": {
+        "BACKEND": "pgqueue_sync.contrib.django.PgQueueSyncBackend", "QUEUES": ["default"]}}
+    with override_settings(TASKS=two):
+        result = tasks.add.using(backend="reports").enqueue(1, 1)
+    drain_with_worker(lambda pgq: register_task_entrypoints(pgq))
+    names = get_settings().db_settings
+    query = sql.SQL("SELECT status::text, traceback->>'exception_message' FROM {} "
+                    "WHERE job_id = %s ORDER BY id DESC LIMIT 1").format(
+        names.ident("queue_table_log"))
+    with worker_connect() as conn:
+        row = conn.execute(query, [int(result.id)]).fetchone()
+    assert row is not None and row[0] == "exception"
+    assert "TASKS alias 'reports'" in row[1] and "do not define" in row[1]
+
+
+def settings_tasks() -> dict[str, Any]:
+    from django.conf import settings
+
+    return dict(settings.TASKS)
+
+
+def test_per_task_info_lines_are_quieted_unless_configured_or_debugging() -> None:
+    import logging
+
+    from pgqueue_sync.contrib.django.worker import TASK_LOGGERS, quiet_per_task_logging
+
+    loggers = [logging.getLogger(name) for name in TASK_LOGGERS]
+    root = logging.getLogger()
+    saved = [(lg, lg.level) for lg in [*loggers, root]]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.NOTSET)
+        root.setLevel(logging.INFO)
+        quiet_per_task_logging()
+        assert all(lg.level == logging.WARNING for lg in loggers)
+        loggers[0].setLevel(logging.INFO)  # the project's LOGGING chose a level
+        loggers[1].setLevel(logging.NOTSET)
+        root.setLevel(logging.DEBUG)  # a worker started with --log-level DEBUG
+        quiet_per_task_logging()
+        assert loggers[0].level == logging.INFO and loggers[1].level == logging.NOTSET
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def test_a_backend_on_a_database_the_worker_does_not_read_is_w101() -> None:
+    elsewhere = {"default": {"BACKEND": "tests.django_tests.shop.backends.ShopBackend",
+                             "OPTIONS": {"DATABASE_ALIAS": "reports_db"}}}
+    with override_settings(TASKS=elsewhere):
+        messages = task_backends["default"].check()
+    [warning] = [m for m in messages if m.id == "pgqueue_sync.W101"]
+    assert "'reports_db'" in warning.msg and "'default'" in warning.msg
+    assert not [m for m in task_backends["default"].check() if m.id == "pgqueue_sync.W101"]

@@ -44,6 +44,7 @@ from ._compat import (
     task_backends,
     task_enqueued,
 )
+from .conf import SETTING as SETTING_NAME
 from .conf import get_settings
 from .errors import DjangoConfigurationError
 from .task_store import (
@@ -197,9 +198,10 @@ class PgQueueSyncBackend(BaseTaskBackend):
             kwargs=dict(kwargs), backend=self.alias, errors=[], worker_ids=[],
         )
         record = self.task_record(task, result.args, result.kwargs)
-        job_id = self._write(task, record)
+        job_id, enqueued_at = self._write(task, record)
         object.__setattr__(result, "id", str(job_id))
-        object.__setattr__(result, "enqueued_at", timezone.now())
+        # The stored time, so this result equals get_result(id) (not this host's clock).
+        object.__setattr__(result, "enqueued_at", enqueued_at)
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -215,7 +217,7 @@ class PgQueueSyncBackend(BaseTaskBackend):
             retry_delay=options.retry_delay if delay is None else float(delay),
         )
 
-    def _write(self, task: Any, record: TaskRecord) -> int:
+    def _write(self, task: Any, record: TaskRecord) -> tuple[int, datetime]:
         from . import producer
 
         run_after = _aware(task.run_after)
@@ -225,7 +227,7 @@ class PgQueueSyncBackend(BaseTaskBackend):
             [job_id] = producer.enqueue(task_entrypoint(task.queue_name), record.to_payload(),
                                         task.priority, run_after, using=alias)
             assert job_id is not None
-            return job_id
+            return job_id, timezone.now()
         store = self._store(alias)
         return store.enqueue(record, run_after=run_after,
                              headers=_traced_headers(store, record))
@@ -299,7 +301,25 @@ class PgQueueSyncBackend(BaseTaskBackend):
                 hint="add 'pgqueue_sync.contrib.django' to INSTALLED_APPS",
                 obj=f"TASKS[{self.alias!r}]", id="pgqueue_sync.E102",
             ))
+        messages += self._check_served()
         return messages
+
+    def _check_served(self) -> list[Any]:
+        """W101: the worker (``manage.py pgq_sync worker``) reads jobs from
+        ``PGQUEUE_SYNC['DATABASE_ALIAS']``; tasks written to another database wait forever."""
+        from django.core import checks
+
+        worker_alias = get_settings().database_alias
+        if self.database_alias == worker_alias:
+            return []
+        return [checks.Warning(
+            f"TASKS[{self.alias!r}] writes its jobs to database {self.database_alias!r}, but "
+            f"the worker reads {worker_alias!r} ({SETTING_NAME}['DATABASE_ALIAS']): no worker "
+            "started with these settings runs them",
+            hint=f"point OPTIONS['DATABASE_ALIAS'] at {worker_alias!r}, or run a worker whose "
+                 f"{SETTING_NAME}['DATABASE_ALIAS'] is {self.database_alias!r}",
+            obj=f"TASKS[{self.alias!r}]", id="pgqueue_sync.W101",
+        )]
 
 
 def load_task(record: TaskRecord, backend_alias: str | None = None) -> Any:
@@ -318,12 +338,24 @@ def our_backends() -> dict[str, PgQueueSyncBackend]:
     """The ``TASKS`` aliases configured with this backend, with their instances."""
     found = {}
     for alias, params in (getattr(django_settings, "TASKS", None) or {}).items():
-        path = params.get("BACKEND", "")
-        if path.startswith("pgqueue_sync.contrib.django"):
+        if _is_ours(params.get("BACKEND", "")):
             backend = task_backends[alias]
             if isinstance(backend, PgQueueSyncBackend):
                 found[alias] = backend
     return found
+
+
+def _is_ours(path: str) -> bool:
+    """Whether a ``BACKEND`` path names this backend or a subclass of it.
+
+    Checked on the class, so other aliases' backends are not instantiated here
+    (Django reports their own errors); a path that does not import is not ours.
+    """
+    try:
+        backend_class = import_string(path)
+    except ImportError:
+        return False
+    return isinstance(backend_class, type) and issubclass(backend_class, PgQueueSyncBackend)
 
 
 def task_queues(backends: Mapping[str, PgQueueSyncBackend]) -> list[str]:

@@ -22,6 +22,7 @@ import logging
 import traceback
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from ...cancellation import Context
@@ -38,6 +39,7 @@ from ._compat import (
     task_finished,
     task_started,
 )
+from .errors import DjangoConfigurationError
 from .registry import connection_hygiene
 from .task_store import RECORD_KEY, RETURN_KEY, TaskRecord
 
@@ -66,7 +68,7 @@ def run_task_job(job: Job) -> dict[str, Any]:
     task record, or a task that cannot be imported, fails the job at once.
     """
     record = TaskRecord.from_payload(job.payload)
-    backend = task_backends[record.backend]
+    backend = _backend_for(job, record)
     result = _running_result(job, record, backend)
     task = result.task
     task_started.send(sender=type(backend), task_result=result)
@@ -85,6 +87,27 @@ def run_task_job(job: Job) -> dict[str, Any]:
     _finish(result, TaskResultStatus.SUCCESSFUL)
     task_finished.send(sender=type(backend), task_result=result)
     return {RECORD_KEY: record.to_json(), RETURN_KEY: value}
+
+
+def _backend_for(job: Job, record: TaskRecord) -> Any:
+    """The ``TASKS`` backend the job was enqueued through; a clear error if this
+    worker does not have it (the job fails at once: no retry can add an alias)."""
+    from .backend import PgQueueSyncBackend
+
+    known = sorted(getattr(settings, "TASKS", None) or {})
+    if record.backend not in known:
+        raise DjangoConfigurationError(
+            f"task job {job.id} was enqueued through TASKS alias {record.backend!r}, which "
+            f"this worker's settings do not define (they have: {', '.join(known) or 'none'}); "
+            "run the worker with the settings of the project that enqueued it"
+        )
+    backend = task_backends[record.backend]
+    if not isinstance(backend, PgQueueSyncBackend):
+        raise DjangoConfigurationError(
+            f"task job {job.id} was enqueued through TASKS alias {record.backend!r}, which "
+            f"this worker's settings give to {type(backend).__name__}, not PgQueueSyncBackend"
+        )
+    return backend
 
 
 def _running_result(job: Job, record: TaskRecord, backend: Any) -> Any:

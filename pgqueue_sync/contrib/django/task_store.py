@@ -142,11 +142,13 @@ class TaskStore:
         *,
         run_after: datetime | None,
         headers: Mapping[str, Any] | None = None,
-    ) -> JobId:
+    ) -> tuple[JobId, datetime]:
         """Insert the task's job, its ``queued`` log row and its results row; one statement.
 
-        Being one statement it needs no transaction of its own: inside the
-        caller's ``atomic()`` it joins it, outside it commits by itself.
+        Returns the job id and the time the rows carry (the transaction's
+        ``NOW()``, which :meth:`load` reports as ``enqueued_at``). Being one
+        statement it needs no transaction of its own: inside the caller's
+        ``atomic()`` it joins it, outside it commits by itself.
         """
         params = {
             "entrypoint": task_entrypoint(record.queue_name),
@@ -157,7 +159,7 @@ class TaskStore:
             "record": Jsonb({RECORD_KEY: record.to_json()}),
         }
         [row] = self.driver.fetch(self._enqueue, params)
-        return JobId(row["id"])
+        return JobId(row["id"]), _at(row)  # as load() converts it: equal results
 
     def load(self, job_id: int) -> TaskState | None:
         """The state of task job ``job_id``, or ``None`` when there is no such task."""
@@ -174,7 +176,7 @@ WITH job AS (
     INSERT INTO {queue} (priority, status, entrypoint, execute_after, payload, headers)
     VALUES (%(priority)s, 'queued', %(entrypoint)s, COALESCE(%(at)s::timestamptz, NOW()),
             %(payload)s, %(headers)s)
-    RETURNING id, entrypoint, priority
+    RETURNING id, entrypoint, priority, created
 ),
 logged AS (
     INSERT INTO {log} (job_id, status, entrypoint, priority)
@@ -184,7 +186,7 @@ described AS (
     INSERT INTO {results} (job_id, entrypoint, status, result, created, finished, attempts)
     SELECT id, entrypoint, 'queued', %(record)s, NOW(), NOW(), 0 FROM job
 )
-SELECT id FROM job
+SELECT id, extract(epoch FROM created) AS at FROM job
 """
 
 _SELECT = """

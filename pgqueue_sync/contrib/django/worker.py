@@ -225,6 +225,28 @@ def register_all(pgq: PgQueuer, options: argparse.Namespace) -> None:
     logger.info("registered entrypoints: %s", ", ".join(entrypoints) or "none")
     logger.info("registered schedules: %s", ", ".join(schedules) or "none")
     logger.info("registered Django Tasks queues: %s", ", ".join(queues) or "none")
+    if queues:
+        quiet_per_task_logging()
+
+
+#: Loggers of Django Tasks (Django 6, the backport) that log every task at INFO.
+TASK_LOGGERS = ("django.tasks", "django_tasks")
+
+
+def quiet_per_task_logging() -> None:
+    """Keep Django Tasks' two INFO lines per task out of the worker's log.
+
+    Django logs every task's start and success at INFO (a 5,000-task drain:
+    10,000 lines); failures it logs at ERROR, which stay. Done only when the
+    worker does not log at DEBUG and the project left those loggers' level unset
+    (a level set in ``LOGGING`` wins).
+    """
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    for name in TASK_LOGGERS:
+        task_logger = logging.getLogger(name)
+        if task_logger.level == logging.NOTSET:
+            task_logger.setLevel(logging.WARNING)
 
 
 def _register_entrypoints(pgq: PgQueuer, selected: Sequence[str]) -> list[str]:

@@ -301,4 +301,4 @@ def test_demo_installs_and_processes_jobs(empty_dsn: str) -> None:
     result = pgq_sync("--dsn", empty_dsn, "demo", "--jobs", "6")
     assert result.returncode == 0, result.stderr
     assert "installed the queue schema" in result.stdout
-    assert "processed 6 jobs" in result.stdout and "6 successful" in result.stdout
+    assert "processed the 6 demo jobs" in result.stdout and "6 successful" in result.stdout

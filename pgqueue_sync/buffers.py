@@ -25,7 +25,7 @@ from typing import Protocol
 from .errors import DatabaseError
 from .models import Job, TracebackRecord
 from .results import StoredResult
-from .threads import Ticker
+from .threads import IDLE, Idle, Ticker
 from .types import JOB_STATUS, JobId, QueueManagerId
 
 logger = logging.getLogger(__name__)
@@ -206,11 +206,13 @@ class CompletionBuffer:
 
     @property
     def last_error(self) -> Exception | None:
-        """What the flusher's last write raised; ``None`` once one succeeds."""
+        """What the flusher's last write raised; ``None`` once one succeeds or
+        nothing is left to write."""
         return self._ticker.last_error
 
-    def flush(self) -> None:
-        """Write everything queued; on failure keep what is unwritten and raise."""
+    def flush(self) -> Idle | None:
+        """Write everything queued; on failure keep what is unwritten and raise.
+        Returns :data:`~pgqueue_sync.threads.IDLE` when nothing was queued."""
         with self._flush_lock:
             with self._lock:
                 items, self._items = self._items, []
@@ -223,6 +225,7 @@ class CompletionBuffer:
             finally:
                 with self._lock:
                     self._writing = 0
+        return None if items else IDLE
 
     def _write_isolating(self, items: list[Finished]) -> None:
         # Chunks still to write, in order; a chunk refused for its content is
@@ -323,8 +326,8 @@ class Heartbeats:
         """Start the heartbeat thread."""
         self._ticker.start()
 
-    def flush(self) -> None:
-        """Write the heartbeats that are due."""
+    def flush(self) -> Idle | None:
+        """Write the heartbeats that are due; :data:`~pgqueue_sync.threads.IDLE` if none is."""
         now = time.monotonic()
         running = self._running()
         self._last = {job_id: t for job_id, t in self._last.items() if job_id in running}
@@ -333,9 +336,11 @@ class Heartbeats:
             for job_id, (claimed_at, period) in running.items()
             if self._last.get(job_id, claimed_at) + period <= now
         ]
-        if due:
-            self._writer.update_heartbeat(due, queue_manager_id=self._owner)
-            self._last.update(dict.fromkeys(due, now))
+        if not due:
+            return IDLE
+        self._writer.update_heartbeat(due, queue_manager_id=self._owner)
+        self._last.update(dict.fromkeys(due, now))
+        return None
 
     def stop(self) -> None:
         """Stop the thread (bounded)."""

@@ -72,7 +72,7 @@ from .models import (
 from .queries import EntrypointExecutionParameter, PollState, Queries
 from .ratelimit import TokenBucket
 from .results import StoredResult, encode_result, missing_table_problem
-from .threads import JOIN_TIMEOUT, HandlerPool, Ticker
+from .threads import IDLE, JOIN_TIMEOUT, HandlerPool, Idle, Ticker
 from .tracing import TracingProtocol, get_tracer, is_active, process_span
 from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, QueueManagerId
 
@@ -806,12 +806,22 @@ class QueueManager:
             # Our own stale re-pick of a job still running (or whose outcome is not
             # written yet) here: the first run's outcome will finish it.
             held = self._claimed.get(job.id)
+            running = held is not None and job.id in self.job_context
+            # Another row with the id of a job still running here (the schema was
+            # reinstalled and ids restarted): it must not inherit that run's outcome.
+            reused = running and held is not None and held.job.created != job.created
             # Our own stale re-pick of a job still running here: the running handler's
             # outcome will finish it, written against this claim (renewed token).
-            rerun = held is not None and job.id in self.job_context
+            rerun = running and not reused
             late = self._handing_back
             if rerun and held is not None:
                 self._claimed[job.id] = held._replace(job=job)
+            elif reused:
+                # Left picked without heartbeats: it goes stale and is claimed again
+                # (here too, once the old run has finished).
+                logger.warning(
+                    "job %d reuses the id of a job still running here (was the schema "
+                    "reinstalled?); it runs once its heartbeat is stale", job.id)
             elif not late:
                 # A new run. If an outcome of an earlier claim is still pending here
                 # (its reply was lost after a retry committed), that write keeps its
@@ -820,7 +830,7 @@ class QueueManager:
                 self._claimed[job.id] = _Held(job, job.updated, time.monotonic(),
                                               self._beat_period[job.entrypoint])
         assert self._capacity is not None
-        if rerun or late:
+        if rerun or reused or late:
             self._capacity.finished(None)
             if late:  # claimed by a lane that outlived the shutdown wait
                 self._hand_back({job.id: None}, "shutdown")
@@ -1087,10 +1097,16 @@ class QueueManager:
             self._listener.reconnect()
         self._wake.set()  # and poll meanwhile
 
-    def _aggregate(self) -> None:
-        if self._dispatched_since_aggregation:
-            self._dispatched_since_aggregation = False
+    def _aggregate(self) -> Idle | None:
+        if not self._dispatched_since_aggregation:
+            return IDLE  # nothing new: neither a success nor a failure for the backoff
+        self._dispatched_since_aggregation = False
+        try:
             self.queries.aggregate_logs()
+        except BaseException:
+            self._dispatched_since_aggregation = True  # try again at the next backoff step
+            raise
+        return None
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Threads (all named ``pgqueue_sync-*``): the caller of :meth:`SchedulerManager.ru
 polls for due schedules; each claimed schedule runs in its own
 ``-schedule-<id>`` thread (``async def`` ones on ``-scheduler-event-loop``);
 ``-schedule-heartbeat`` refreshes the heartbeat of running schedules every
-second, so a schedule function can never starve it.
+second, so a schedule function can never starve it. Database errors in the
+poll and the heartbeat are retried with backoff (:mod:`pgqueue_sync.backoff`),
+one log line per step.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .drivers.base import require_autocommit
 from .errors import ConfigurationError, DatabaseError, SchemaError
 from .models import Schedule, utc_now
 from .queries import Queries
-from .threads import JOIN_TIMEOUT, Ticker
+from .threads import IDLE, JOIN_TIMEOUT, Idle, Ticker
 from .types import CronEntrypoint, CronExpression, ScheduleId
 
 logger = logging.getLogger(__name__)
@@ -251,7 +253,9 @@ class SchedulerManager:
         ones are cancelled; ``def`` ones cannot be, and are left behind).
         Raises :class:`ConfigurationError` when nothing is registered and
         :class:`SchemaError` when the schema is missing. Database errors while
-        polling are logged and retried with backoff.
+        polling are logged and retried with backoff; after one, the schedules
+        are registered again before the next poll (their rows are gone if the
+        schema was reinstalled meanwhile).
         """
         timeout = None if shutdown_timeout is None else options.duration(
             "shutdown_timeout", shutdown_timeout
@@ -310,6 +314,10 @@ class SchedulerManager:
                           maximum=options.DATABASE_RETRY_MAX)
         while not self.shutdown.is_set():
             try:
+                if backoff.failing:
+                    # The rows may be gone (the schema was reinstalled meanwhile):
+                    # register them again; rows that exist stay as they are.
+                    self.queries.insert_schedule(self._next_runs())
                 claimed = self.queries.fetch_schedule(self._next_runs())
             except DatabaseError as exc:
                 # The scheduler outlives a database restart: back off, then poll again.
@@ -401,15 +409,14 @@ class SchedulerManager:
                          "their heartbeat is %ds old", ids, exc,
                          SCHEDULE_STALE_AFTER.total_seconds())
 
-    def _beat(self) -> None:
+    def _beat(self) -> Idle | None:
+        # A failure propagates to the Ticker, which backs off and logs one line
+        # per step (not one per second while the database is broken).
         ids = self.active_heartbeat_ids
         if not ids:
-            return
-        try:
-            self.queries.update_schedule_heartbeat(ids)
-        except DatabaseError as exc:
-            logger.warning("could not refresh the heartbeat of schedules %s (%s)",
-                           sorted(ids), exc)
+            return IDLE
+        self.queries.update_schedule_heartbeat(ids)
+        return None
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import random
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .backoff import Backoff
 from .errors import PgqException
@@ -20,6 +21,18 @@ JOIN_TIMEOUT = 5.0
 POOL_GET_TIMEOUT = 60.0
 
 _STOP = object()
+
+
+class Idle(enum.Enum):
+    """Type of :data:`IDLE`."""
+
+    IDLE = "idle"
+
+
+#: What a :class:`Ticker`'s ``fn`` returns when it had nothing to do (made no
+#: database call): not a success, so a failing ticker stays failing (no "works
+#: again" line, no backoff reset) until a call that does something succeeds.
+IDLE: Final = Idle.IDLE
 
 
 class HandlerPool:
@@ -76,8 +89,11 @@ class Ticker:
     When ``fn`` raises, the ticker backs off (:class:`~pgqueue_sync.backoff.Backoff`):
     one log line per step (a traceback only for errors that are not
     :class:`~pgqueue_sync.errors.PgqException`), no ``wake()`` shortcut while
-    failing, and one line when it works again. ``wake()`` runs the next tick
-    at once; ``stop()`` runs ``final`` (if given) on the thread.
+    failing, and one line when it works again. A call returning :data:`IDLE`
+    (nothing to do) proves nothing: a failing ticker stays failing, silently,
+    at its normal pace (the next failure is the next backoff step) until a
+    call that does something succeeds. ``wake()`` runs the next tick at once;
+    ``stop()`` runs ``final`` (if given) on the thread.
     """
 
     def __init__(
@@ -101,12 +117,14 @@ class Ticker:
 
     @property
     def failing(self) -> bool:
-        """True while the last call of ``fn`` failed."""
+        """True from a failed call of ``fn`` until a call that does something (one
+        not returning :data:`IDLE`) succeeds."""
         return self._backoff.failing
 
     @property
     def last_error(self) -> Exception | None:
-        """What the last call of ``fn`` raised; ``None`` once a call succeeds."""
+        """What the last call of ``fn`` raised; ``None`` once a call succeeds or
+        has nothing to do (then no work waits on the error)."""
         return self._last_error
 
     def start(self) -> Ticker:
@@ -151,7 +169,7 @@ class Ticker:
     def _call(self, fn: Callable[[], object]) -> float:
         """Run ``fn``; returns the wait before the next call."""
         try:
-            fn()
+            outcome = fn()
         except Exception as exc:  # the loop must not die
             self._last_error = exc
             delay = self._backoff.failure()
@@ -162,6 +180,8 @@ class Ticker:
             )
             return delay
         self._last_error = None
+        if outcome is IDLE:  # proves nothing: a failing ticker stays failing, silently
+            return self._next_interval()
         if self._backoff.success():
             logger.warning("%s works again", self._thread.name)
         return self._next_interval()

@@ -15,11 +15,12 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import click
 import psycopg
@@ -32,16 +33,21 @@ from .drivers.psycopg import describe_conninfo
 from .models import AnyEvent, CancellationEvent, HealthCheckEvent, parse_event
 from .ops import (
     DEFAULT_PRUNE_BATCH_SIZE,
+    LATENCY_WINDOW,
     THROUGHPUT_WINDOWS,
-    ActiveWorker,
     Backlog,
     DashboardSnapshot,
+    Latency,
+    LiveWorker,
     LogEntry,
     OpsQueries,
     PrunableTable,
     PrunePlan,
+    StaleJob,
     Throughput,
+    Unserved,
 )
+from .options import HEARTBEAT_TIMEOUT
 from .types import JOB_STATUS, JOB_STATUSES
 
 #: Table width when the output is not a terminal and ``COLUMNS`` is unset.
@@ -57,6 +63,9 @@ _CLEAR_SCREEN = "\x1b[2J"
 _HOME = "\x1b[H"
 _CLEAR_LINE_END = "\x1b[K"
 _CLEAR_BELOW = "\x1b[J"
+_F = TypeVar("_F", bound=Callable[..., Any])
+#: The workers' default heartbeat timeout as the command line spells it (``30s``).
+_HEARTBEAT_TIMEOUT_TEXT = f"{HEARTBEAT_TIMEOUT.total_seconds():g}s"
 
 
 def _ops() -> OpsQueries:
@@ -140,7 +149,7 @@ def _one_line(text: str) -> str:
 # -- dashboard ------------------------------------------------------------------------------
 
 
-@cli.command(short_help="Live view: queue, throughput, workers, failures.")
+@cli.command(short_help="Live view: queue, throughput, wait/run times, workers, failures.")
 @click.option("-i", "--interval", type=Seconds(minimum=0.1), default=None,
               help=f"Seconds between refreshes.  [default: {DEFAULT_DASHBOARD_INTERVAL:g}]")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True,
@@ -148,7 +157,8 @@ def _one_line(text: str) -> str:
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
 @json_option
 def dashboard(interval: float | None, limit: int, once: bool, as_json: bool) -> None:
-    """A live view: queue per entrypoint, throughput, workers and recent failures.
+    """A live view: queue per entrypoint (flagging work no worker takes), throughput,
+    queue wait and run time p50/p95, workers and recent failures.
 
     Refreshed in place until Ctrl-C. --json prints one snapshot per line.
     """
@@ -190,16 +200,38 @@ def _dashboard_frame(snapshot: DashboardSnapshot, source: str, every: float | No
     stamp = f"{_timestamp(snapshot.taken_at)} UTC"
     if every is not None:
         stamp += f", refreshed every {every:g}s (Ctrl-C quits)"
-    sections = [
-        ("Queue", _backlog_table(snapshot.backlog)),
+    minutes = f"{LATENCY_WINDOW.total_seconds() / 60:g} minutes"
+    sections = [("Queue", _backlog_table(snapshot.backlog))]
+    if snapshot.unserved:  # only when there is something to say
+        sections.append((f"Ready, but no job of theirs picked in the last {minutes} nor running",
+                         _unserved_table(snapshot.unserved)))
+    sections += [
         ("Throughput (log, last 1 and 5 minutes)", _throughput_table(snapshot.throughput)),
-        ("Workers holding jobs", _workers_table(snapshot.workers)),
+        (f"Queue wait and run time (log, last {minutes})",
+         _latency_table(snapshot.latency)
+         or f"(no job was picked or finished in the last {minutes})"),
+        ("Workers (connected, or holding jobs)", _workers_table(snapshot.workers)),
         ("Recent failures", _log_table(snapshot.failures)),
     ]
     parts = [_clip(title, _width()), stamp]
     for heading, body in sections:
         parts += ["", heading, body or "(none)"]
     return "\n".join(parts)
+
+
+def _unserved_table(items: Sequence[Unserved]) -> str:
+    rows = [(u.entrypoint, u.ready, _age(u.seconds_ready)) for u in items]
+    return _fit_table(("entrypoint", "ready", "ready for"), rows, flex=(0,)) if rows else ""
+
+
+def _latency_table(items: Sequence[Latency]) -> str:
+    rows = [
+        (t.entrypoint, t.picked, _duration(t.wait_p50), _duration(t.wait_p95), t.finished,
+         _duration(t.run_p50), _duration(t.run_p95))
+        for t in items
+    ]
+    headers = ("entrypoint", "picked", "wait p50", "wait p95", "done", "run p50", "run p95")
+    return _fit_table(headers, rows, flex=(0,)) if rows else ""
 
 
 def _throughput_table(by_window: dict[int, list[Throughput]]) -> str:
@@ -276,20 +308,38 @@ def _remove_schedules(ops: OpsQueries, targets: Sequence[str], *, to_stderr: boo
 # -- stale, workers, backlog ------------------------------------------------------------------
 
 
+def _heartbeat_timeout_option(func: _F) -> _F:
+    return click.option(
+        "--heartbeat-timeout", default=_HEARTBEAT_TIMEOUT_TEXT, show_default=True,
+        metavar="AGE",
+        help="The workers' heartbeat_timeout: any worker re-claims a picked job whose "
+             "heartbeat is older.")(func)
+
+
 @cli.command(short_help="Picked jobs whose heartbeat is too old.")
-@click.option("-t", "--threshold", default="300s", show_default=True, metavar="AGE",
-              help="A picked job whose heartbeat is older than this is stale: 90, 90s, 5m, 1h.")
+@click.option("-t", "--threshold", default=None, metavar="AGE",
+              help="A picked job whose heartbeat is older than this is stale: 90, 90s, 5m, 1h."
+                   "  [default: the heartbeat timeout]")
+@_heartbeat_timeout_option
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=25, show_default=True,
               help="Jobs to show at most.")
 @json_option
-def stale(threshold: str, limit: int, as_json: bool) -> None:
-    """Picked jobs whose heartbeat is older than the threshold (their worker may be gone)."""
-    jobs = _ops().stale_jobs(parse_duration(threshold, option="--threshold"), limit)
+def stale(threshold: str | None, heartbeat_timeout: str, limit: int, as_json: bool) -> None:
+    """Picked jobs whose heartbeat is older than the threshold (their worker may be gone).
+
+    Says how many of them any running worker re-claims now: those whose
+    heartbeat is older than the heartbeat timeout (on stderr, after the table;
+    "repickable" in --json).
+    """
+    timeout = parse_duration(heartbeat_timeout, option="--heartbeat-timeout")
+    shown = heartbeat_timeout if threshold is None else threshold
+    age = timeout if threshold is None else parse_duration(threshold, option="--threshold")
+    jobs = _ops().stale_jobs(age, limit, heartbeat_timeout=timeout)
     if as_json:
         click.echo(to_json([_plain(j) for j in jobs]))
         return
     if not jobs:
-        click.echo(f"no picked job has a heartbeat older than {threshold}")
+        click.echo(f"no picked job has a heartbeat older than {shown}")
         return
     rows = [
         (j.id, j.entrypoint, j.priority, j.attempts, _short_id(j.queue_manager_id),
@@ -298,29 +348,57 @@ def stale(threshold: str, limit: int, as_json: bool) -> None:
     ]
     _echo_table(("id", "entrypoint", "priority", "attempts", "worker", "heartbeat"), rows,
                 flex=(1,))
+    click.echo(_repick_note(jobs, heartbeat_timeout), err=True)
 
 
-@cli.command(short_help="Workers holding picked jobs.")
+def _repick_note(jobs: Sequence[StaleJob], timeout: str) -> str:
+    due = sum(1 for j in jobs if j.repickable)
+    note = (f"will be re-picked: {due} of {len(jobs)} listed job(s). A picked job whose "
+            f"heartbeat is older than the heartbeat timeout ({timeout}) is claimed again, "
+            "attempts kept, by the next running worker that handles its entrypoint")
+    if due < len(jobs):
+        note += (f"; the other {len(jobs) - due} will be once their heartbeat is {timeout} "
+                 "old, unless their worker sends one first")
+    elif due:
+        note += "; a job that stays listed means no running worker handles its entrypoint"
+    return textwrap.fill(note + ".", width=_width())
+
+
+@cli.command(short_help="Workers: connected ones (idle included) and those holding jobs.")
+@_heartbeat_timeout_option
 @json_option
-def workers(as_json: bool) -> None:
-    """Workers holding picked jobs (by queue_manager_id), with their heartbeat ages."""
-    items = _ops().active_workers()
+def workers(heartbeat_timeout: str, as_json: bool) -> None:
+    """Workers of this queue: pgqueue_sync workers connected now (from pg_stat_activity,
+    idle ones included) and every worker holding picked jobs (PgQueuer's too), with
+    the jobs they hold and their heartbeat ages.
+
+    "seen" is connected (an open pgq-sync worker session), holding (no such
+    session, but heartbeats younger than the heartbeat timeout: a PgQueuer
+    worker) or stale (older: the worker is most likely gone).
+    """
+    timeout = parse_duration(heartbeat_timeout, option="--heartbeat-timeout")
+    items = _ops().live_workers(heartbeat_timeout=timeout)
     if as_json:
         click.echo(to_json([_plain(w) for w in items]))
     elif not items:
-        click.echo("no worker holds picked jobs")
+        click.echo("no worker is connected and none holds picked jobs")
     else:
         click.echo(_workers_table(items))
 
 
-def _workers_table(items: Sequence[ActiveWorker]) -> str:
-    rows = [
-        (_short_id(w.queue_manager_id), w.active_jobs, _ago(w.seconds_since_newest_heartbeat),
-         _ago(w.seconds_since_oldest_heartbeat), ", ".join(w.entrypoints))
-        for w in items
-    ]
-    headers = ("worker", "jobs", "newest heartbeat", "oldest heartbeat", "entrypoints")
-    return _fit_table(headers, rows, flex=(4,)) if rows else ""
+def _workers_table(items: Sequence[LiveWorker]) -> str:
+    rows = []
+    for w in items:
+        first = w.sessions[0] if w.sessions else None
+        pid = "-" if first is None else str(first.pid) + (
+            f"+{len(w.sessions) - 1}" if len(w.sessions) > 1 else "")
+        rows.append((
+            _short_id(w.queue_manager_id), w.active_jobs, _ago(w.seconds_since_newest_heartbeat),
+            w.seen, pid, (first.host if first else None) or "-",
+            _age(first.seconds_connected) if first else "-", ", ".join(w.entrypoints) or "-",
+        ))
+    headers = ("worker", "jobs", "heartbeat", "seen", "pid", "host", "up", "entrypoints")
+    return _fit_table(headers, rows, flex=(5, 7)) if rows else ""
 
 
 @cli.command(short_help="Ready, deferred, picked and held jobs.")
@@ -516,6 +594,17 @@ def _age(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def _duration(seconds: float | None) -> str:
+    """A measured duration: ``85ms``, ``4.2s``, ``3m07s``."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return _age(seconds)
 
 
 def _ago(seconds: float | None) -> str:

@@ -27,7 +27,8 @@ What it cannot reproduce:
 #     (``from_connection``, ``from_pool``), with the same signature, the same
 #     validation and errors (ConfigurationError, DuplicateJobError, UniqueViolation)
 #     and the same return types: enqueue, dequeue, log_jobs, retry_job, release_jobs,
-#     requeue_jobs, list_failed_jobs, mark_job_as_cancelled, notify_job_cancellation,
+#     requeue_jobs, list_failed_jobs, last_errors, plan_bulk, run_bulk,
+#     mark_job_as_cancelled, notify_job_cancellation,
 #     notify_health_check, update_heartbeat, queue_size, queue_log, job_status,
 #     queued_work, eligible_queued_work, poll_state, next_deferred_eta, clear_queue,
 #     clear_queue_log, clear_statistics_log, aggregate_logs, log_statistics,
@@ -53,7 +54,6 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from .errors import ConfigurationError, DatabaseError, DuplicateJobError, UniqueViolation
 from .models import (
-    CancellationEvent,
     HealthCheckEvent,
     Job,
     Log,
@@ -66,13 +66,21 @@ from .models import (
 )
 from .options import HEARTBEAT_TIMEOUT
 from .queries import (
+    BULK_BATCH_SIZE,
+    BulkAction,
+    BulkPlan,
+    BulkResult,
+    BulkRow,
     EntrypointExecutionParameter,
+    ErrorRecord,
     ExecuteAfter,
     Headers,
     JobOutcome,
     JobRetry,
     PollState,
+    _bulk_scope,
     _check_conflict_mode,
+    _error_record,
     _ids,
     _limit_of,
     _names,
@@ -82,6 +90,8 @@ from .queries import (
     _stale_after_of,
     _stale_timeouts,
     _trace_publish,
+    cancellation_payloads,
+    walk_bulk,
 )
 from .settings import DBSettings, db_settings
 from .sql.names import check_lengths
@@ -570,6 +580,76 @@ class InMemoryQueries:
             held.sort(key=lambda r: (r.updated, r.id), reverse=order == "DESC")
             return [r.to_job() for r in held[: _check_limit(limit)]]
 
+    def last_errors(self, ids: Iterable[int]) -> dict[JobId, ErrorRecord]:
+        """The newest logged failure record of each job still in the queue; see
+        :meth:`Queries.last_errors`."""
+        wanted = set(_ids(ids))
+        newest: dict[int, _LogRow] = {}
+        with self._statement() as s:
+            for entry in s.db.log_rows:
+                row = s.db.jobs.get(entry.job_id)
+                if entry.job_id not in wanted or row is None or entry.created < row.created:
+                    continue
+                if not isinstance(entry.traceback, dict):
+                    continue
+                seen = newest.get(entry.job_id)
+                if seen is None or (entry.created, entry.id) > (seen.created, seen.id):
+                    newest[entry.job_id] = entry
+            rows = [
+                {"job_id": e.job_id, "created": e.created, "status": e.status,
+                 "traceback": copy.deepcopy(e.traceback)}
+                for e in newest.values()
+            ]
+        found = [e for e in map(_error_record, rows) if e is not None]
+        return {e.job_id: e for e in sorted(found, key=lambda e: e.job_id)}
+
+    # -- bulk actions ------------------------------------------------------------------------
+
+    def plan_bulk(
+        self, action: BulkAction, *, entrypoints: str | Sequence[str] | None = None
+    ) -> BulkPlan:
+        """Count the jobs a bulk action would change now; see :meth:`Queries.plan_bulk`."""
+        names = _bulk_scope(action, entrypoints)
+        plan = BulkPlan(action, names, 0, None)
+        with self._statement() as s:
+            ids = [r.id for r in _bulk_rows(s, plan)]
+        return BulkPlan(action, names, len(ids), JobId(max(ids)) if ids else None)
+
+    def run_bulk(
+        self,
+        plan: BulkPlan,
+        *,
+        batch_size: int = BULK_BATCH_SIZE,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> BulkResult:
+        """Carry out a planned bulk action batch by batch; see :meth:`Queries.run_bulk`.
+
+        Each batch is one atomic step. Nothing is ever locked by another
+        session here, so ``busy`` is always 0.
+        """
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+
+        def run_batch(after: int) -> list[BulkRow]:
+            with self._statement() as s:
+                rows = [r for r in _bulk_rows(s, plan) if r.id > after][:batch_size]
+                if plan.action == "requeue":
+                    return _requeue_batch(s, rows)
+                if plan.action == "purge":
+                    return _purge_batch(s, rows)
+                if not rows:
+                    return []
+                ids = [r.id for r in rows]
+                done = set(_finish(s, _outcome_params((i, "canceled", None) for i in ids)))
+                s.payloads.extend(cancellation_payloads(self.settings.channel, ids, s.now))
+                return [BulkRow(r.id, r.entrypoint, r.id in done) for r in rows]
+
+        def remaining() -> int:
+            with self._statement() as s:
+                return sum(1 for _ in _bulk_rows(s, plan))
+
+        return walk_bulk(plan, run_batch=run_batch, remaining=remaining, on_batch=on_batch)
+
     def mark_job_as_cancelled(self, ids: Iterable[int]) -> list[JobId]:
         """Delete queued or picked rows, log ``canceled`` and send a ``cancellation_event``.
 
@@ -582,18 +662,15 @@ class InMemoryQueries:
         outcomes = _outcome_params((i, "canceled", None) for i in id_list)
         with self._statement() as s:
             logged = _finish(s, outcomes)
-            s.payloads.append(self._cancellation_payload(id_list, s.now))
+            s.payloads.extend(cancellation_payloads(self.settings.channel, id_list, s.now))
         return logged
 
     def notify_job_cancellation(self, ids: Iterable[int]) -> None:
-        """Send a ``cancellation_event`` for ``ids`` without touching any row."""
+        """Send a ``cancellation_event`` for ``ids`` without touching any row (several
+        events for many ids, as PostgreSQL's payload limit makes the database do)."""
         id_list = list(ids)
         with self._statement() as s:
-            s.payloads.append(self._cancellation_payload(id_list, s.now))
-
-    def _cancellation_payload(self, ids: Iterable[int], now: datetime) -> str:
-        channel, id_list = self.settings.channel, [JobId(i) for i in ids]
-        return dump_event(CancellationEvent(channel, now, id_list, received_at=now))
+            s.payloads.extend(cancellation_payloads(self.settings.channel, id_list, s.now))
 
     def notify_health_check(self, health_check_id: HealthCheckId | uuid.UUID) -> None:
         """Send a ``health_check_event`` (a worker's probe of its own listener)."""
@@ -977,6 +1054,50 @@ def _finish(
         s.table_changed("update")
     s.table_changed("delete")  # the DELETE runs even when only holds (or nothing) match
     return [JobId(row.id) for row, _, _ in removed + updated]
+
+
+def _bulk_rows(s: _Statement, plan: BulkPlan) -> list[_JobRow]:
+    """The rows a bulk action selects, up to ``plan.last_id`` (if planned), by id."""
+    names = None if plan.entrypoints is None else set(plan.entrypoints)
+    found = [
+        r for r in s.db.jobs.values()
+        if r.status in plan.statuses
+        and (names is None or r.entrypoint in names)
+        and (plan.last_id is None or r.id <= plan.last_id)
+    ]
+    return sorted(found, key=lambda r: r.id)
+
+
+def _requeue_batch(s: _Statement, rows: list[_JobRow]) -> list[BulkRow]:
+    """Requeue held rows as the bulk statement does: a row whose dedupe key an active
+    job holds, or an earlier row of the batch has, stays held."""
+    active = s.active_keys()
+    seen: set[str] = set()
+    moved: list[_JobRow] = []
+    for row in rows:
+        key = row.dedupe_key
+        if key is None or (key not in seen and key not in active):
+            moved.append(row)
+        if key is not None:
+            seen.add(key)
+    for row in moved:
+        row.status, row.execute_after, row.updated = "queued", s.now, s.now
+        row.attempts, row.queue_manager_id = 0, None
+        s.log(row, "queued")
+    if moved:
+        s.table_changed("update")
+    done = {r.id for r in moved}
+    return [BulkRow(r.id, r.entrypoint if r.id in done else None, r.id in done) for r in rows]
+
+
+def _purge_batch(s: _Statement, rows: list[_JobRow]) -> list[BulkRow]:
+    """Delete queued rows, logging each ``deleted``; the DELETE's trigger fires even
+    for an empty batch, as in the database."""
+    for row in rows:
+        del s.db.jobs[row.id]
+        s.log(row, "deleted")
+    s.table_changed("delete")
+    return [BulkRow(r.id, r.entrypoint, True) for r in rows]
 
 
 def _guard_passes(row: _JobRow, queue_manager_id: QueueManagerId | uuid.UUID | None) -> bool:

@@ -46,6 +46,9 @@ class Listener:
     ``on_event`` runs on the listener thread and must not block. ``on_reconnect``
     runs after every successful reconnect (not after the first connect).
     ``on_failure`` runs each time the connection is found broken.
+    ``on_connect`` runs on each new connection before its ``LISTEN`` (a worker
+    names its session there); if it raises, that connection is dropped and
+    retried like any failed connect.
     """
 
     def __init__(
@@ -57,8 +60,10 @@ class Listener:
         on_reconnect: Callable[[], None] = lambda: None,
         on_failure: Callable[[BaseException], None] = lambda exc: None,
         name: str = "pgqueue_sync-listener",
+        on_connect: Callable[[psycopg.Connection[Any]], object] | None = None,
     ) -> None:
         self._connect = connect
+        self._on_connect = on_connect
         self.channel = channel
         self._on_event = on_event
         self._on_reconnect = on_reconnect
@@ -106,6 +111,8 @@ class Listener:
         try:
             if not conn.autocommit:
                 raise ValueError("the LISTEN connection must be in autocommit mode")
+            if self._on_connect is not None:
+                self._on_connect(conn)
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         except BaseException:
             conn.close()

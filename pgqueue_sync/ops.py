@@ -5,32 +5,55 @@ otherwise, and only :meth:`OpsQueries.prune`, the ``prune_*`` batches and
 :meth:`OpsQueries.delete_schedules` write anything. No method ever touches a
 row of the queue table. No threads live here; an instance is as thread-safe as
 its driver.
+
+:func:`label_worker_session` is the worker's side of :meth:`OpsQueries.live_workers`:
+it names the worker's own LISTEN connection so that the session can be found in
+``pg_stat_activity`` while the worker runs, idle or not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import psycopg
+
+from . import options
 from .drivers.base import Driver
 from .models import Schedule, utc_now
 from .settings import DBSettings, db_settings
-from .sql.ops import OpsStatements
+from .sql.ops import (
+    LABEL_WORKER_SESSION,
+    WORKER_SESSION_ID_PATTERN,
+    WORKER_SESSION_OID_PATTERN,
+    WORKER_SESSION_PATTERN,
+    WORKER_SESSION_PREFIX,
+    OpsStatements,
+)
 from .types import JOB_STATUS, JobId, QueueEntrypoint, QueueManagerId
 
 logger = logging.getLogger(__name__)
 
-#: ``stale``: a picked job whose heartbeat is older than this is reported (as ``pgq stale``).
-DEFAULT_STALE_THRESHOLD = timedelta(seconds=300)
+#: ``stale``: a picked job whose heartbeat is older than this is reported: by default the
+#: workers' own ``heartbeat_timeout``, past which any worker re-claims the job.
+DEFAULT_STALE_THRESHOLD = options.HEARTBEAT_TIMEOUT
 #: ``prune``: rows deleted per statement (each statement is its own short transaction).
 DEFAULT_PRUNE_BATCH_SIZE = 10_000
 #: Log statuses that mean a job failed.
 FAILURE_STATUSES: tuple[JOB_STATUS, ...] = ("exception", "failed")
 #: The throughput windows of a dashboard snapshot.
 THROUGHPUT_WINDOWS = (timedelta(minutes=1), timedelta(minutes=5))
+#: The log window of the dashboard's wait/run percentiles and of its "no worker" flag.
+LATENCY_WINDOW = timedelta(minutes=5)
+#: "No worker": a job ready at least this long. An idle worker polls at least every
+#: ``dequeue_timeout`` (and PgQueuer's finds a job whose delay ran out only then).
+UNSERVED_GRACE = options.DEQUEUE_TIMEOUT
+#: How a worker's connection is seen (see :class:`LiveWorker`).
+WorkerSeen = Literal["connected", "holding", "stale"]
 
 PrunableTable = Literal["log", "stats"]
 # Below every id the sequences hand out; the prune walk starts after it.
@@ -52,6 +75,9 @@ class StaleJob:
     entrypoint: QueueEntrypoint
     attempts: int
     seconds_since_heartbeat: float
+    #: The heartbeat is older than the workers' heartbeat timeout as well: any
+    #: worker that handles the entrypoint re-claims the job (keeping its attempts).
+    repickable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +91,103 @@ class ActiveWorker:
     newest_heartbeat: datetime
     seconds_since_oldest_heartbeat: float
     seconds_since_newest_heartbeat: float
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSession:
+    """A worker's open database session, from ``pg_stat_activity`` (its LISTEN connection).
+
+    ``client_addr``, ``client_hostname``, ``client_port``, ``backend_start`` and
+    ``state`` are ``None`` when the reading role may not see them (another
+    role's session without ``pg_read_all_stats``). ``client_port`` is -1 for a
+    Unix socket. ``state`` is that connection's (``idle`` while it waits for
+    notifications), not whether the worker runs jobs.
+    """
+
+    pid: int
+    application_name: str
+    client_addr: str | None
+    client_hostname: str | None
+    client_port: int | None
+    backend_start: datetime | None
+    seconds_connected: float | None
+    state: str | None
+
+    @property
+    def host(self) -> str | None:
+        """Host name, else address, else ``local`` for a Unix socket (``None``: hidden)."""
+        if self.client_hostname or self.client_addr:
+            return self.client_hostname or self.client_addr
+        return "local" if self.client_port == -1 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveWorker:
+    """A worker, seen by its session or by the jobs it holds (or both).
+
+    ``seen``: ``connected`` when a session named ``pgq-sync worker <id> <oid>``
+    is open (a pgqueue_sync worker, busy or idle); ``holding`` when it has no
+    such session but holds picked jobs with a heartbeat younger than the
+    heartbeat timeout (a PgQueuer worker, which does not name its sessions);
+    ``stale`` when its newest heartbeat is older than that (the worker is most
+    likely gone, and its jobs are re-claimed by any worker). ``entrypoints`` and
+    ``job_ids`` are those of the jobs it holds: an idle worker holds none, and
+    which entrypoints it handles is not stored anywhere in the database.
+    """
+
+    queue_manager_id: QueueManagerId
+    seen: WorkerSeen
+    sessions: list[WorkerSession]
+    active_jobs: int
+    job_ids: list[JobId]
+    entrypoints: list[QueueEntrypoint]
+    oldest_heartbeat: datetime | None
+    newest_heartbeat: datetime | None
+    seconds_since_oldest_heartbeat: float | None
+    seconds_since_newest_heartbeat: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """One entrypoint's queue wait and run time over the last ``window_seconds``, from the log.
+
+    ``picked`` counts the picks logged in the window (re-picks of stale jobs
+    included). Wait is measured per pick whose previous log row of the job is
+    ``queued`` (``waited`` of them): it includes any delay the job was enqueued
+    with and any retry backoff, since the log does not record ``execute_after``.
+    Run time is measured per outcome (``successful``, ``exception``, ``failed``)
+    that follows a ``picked`` row (``finished`` of them); attempts that end in a
+    retry are not counted. Percentiles are ``percentile_cont`` (interpolated), in
+    seconds, ``None`` when nothing was measured.
+    """
+
+    entrypoint: QueueEntrypoint
+    window_seconds: float
+    picked: int
+    waited: int
+    wait_p50: float | None
+    wait_p95: float | None
+    finished: int
+    run_p50: float | None
+    run_p95: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Unserved:
+    """An entrypoint whose work waits while no worker takes it.
+
+    It has ``ready`` jobs, the oldest ready for ``seconds_ready`` (more than the
+    grace, 30 s by default), no job of it was picked within the last
+    ``window_seconds`` and none is running (no picked row with a fresh
+    heartbeat). Either no running worker handles it, or every worker that does
+    is busy with other work or stuck.
+    """
+
+    entrypoint: QueueEntrypoint
+    ready: int
+    ready_since: datetime
+    seconds_ready: float
+    window_seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +300,10 @@ class DashboardSnapshot:
     taken_at: datetime
     backlog: list[Backlog]
     throughput: dict[int, list[Throughput]]  # by window, in seconds
-    workers: list[ActiveWorker]
+    workers: list[LiveWorker]
     failures: list[LogEntry]
+    latency: list[Latency]
+    unserved: list[Unserved]
 
 
 class OpsQueries:
@@ -200,11 +325,45 @@ class OpsQueries:
         self.statements = OpsStatements(self.settings)
 
     def stale_jobs(
-        self, threshold: timedelta = DEFAULT_STALE_THRESHOLD, limit: int | None = 25
+        self,
+        threshold: timedelta = DEFAULT_STALE_THRESHOLD,
+        limit: int | None = 25,
+        *,
+        heartbeat_timeout: timedelta = options.HEARTBEAT_TIMEOUT,
     ) -> list[StaleJob]:
-        """Picked jobs whose heartbeat is older than ``threshold``, stalest first."""
-        params = {"threshold": threshold, "limit": limit}
+        """Picked jobs whose heartbeat is older than ``threshold``, stalest first.
+
+        ``repickable`` marks those older than ``heartbeat_timeout`` (the workers'),
+        which any worker handling their entrypoint re-claims. An entrypoint
+        registered with its own ``retry_timer`` is re-claimed after that instead.
+        """
+        params = {"threshold": threshold, "limit": limit, "heartbeat_timeout": heartbeat_timeout}
         return [StaleJob(**row) for row in self.driver.fetch(self.statements.stale_jobs, params)]
+
+    def live_workers(
+        self,
+        limit: int | None = None,
+        *,
+        heartbeat_timeout: timedelta = options.HEARTBEAT_TIMEOUT,
+    ) -> list[LiveWorker]:
+        """Workers of this queue: connected ones (idle included) from ``pg_stat_activity``,
+        and every ``queue_manager_id`` holding picked jobs; most jobs first, then
+        connected before the rest.
+
+        Only sessions of the current database named by :func:`label_worker_session`
+        for this queue table count. ``heartbeat_timeout`` tells ``holding`` from
+        ``stale`` for workers seen only by their jobs (see :class:`LiveWorker`).
+        """
+        params = {
+            "limit": limit,
+            "heartbeat_timeout": heartbeat_timeout,
+            "queue_regclass": self.statements.queue_regclass,
+            "name_pattern": WORKER_SESSION_PATTERN,
+            "id_pattern": WORKER_SESSION_ID_PATTERN,
+            "oid_pattern": WORKER_SESSION_OID_PATTERN,
+        }
+        return [_live_worker(row) for row in self.driver.fetch(self.statements.live_workers,
+                                                                params)]
 
     def active_workers(self, limit: int | None = None) -> list[ActiveWorker]:
         """Workers (``queue_manager_id``) holding picked jobs, most jobs first.
@@ -227,6 +386,31 @@ class OpsQueries:
         rows = self.driver.fetch(self.statements.throughput, {"window": window, "limit": limit})
         seconds = window.total_seconds()
         return [Throughput(window_seconds=seconds, **row) for row in rows]
+
+    def latency(
+        self, window: timedelta = LATENCY_WINDOW, limit: int | None = None
+    ) -> list[Latency]:
+        """Queue wait and run time p50/p95 per entrypoint over the last ``window``, from
+        the log (see :class:`Latency`); entrypoints with the most rows first."""
+        rows = self.driver.fetch(self.statements.latency, {"window": window, "limit": limit})
+        seconds = window.total_seconds()
+        return [_latency(row, seconds) for row in rows]
+
+    def unserved(
+        self,
+        window: timedelta = LATENCY_WINDOW,
+        limit: int | None = None,
+        *,
+        grace: timedelta = UNSERVED_GRACE,
+        heartbeat_timeout: timedelta = options.HEARTBEAT_TIMEOUT,
+    ) -> list[Unserved]:
+        """Entrypoints with work ready for longer than ``grace`` and no job of theirs
+        picked within ``window`` nor running (see :class:`Unserved`); longest waiting first."""
+        params = {"window": window, "limit": limit, "grace": grace,
+                  "heartbeat_timeout": heartbeat_timeout}
+        seconds = window.total_seconds()
+        return [Unserved(window_seconds=seconds, **row)
+                for row in self.driver.fetch(self.statements.unserved, params)]
 
     def recent_log(
         self,
@@ -258,8 +442,10 @@ class OpsQueries:
             throughput={
                 int(w.total_seconds()): self.throughput(w, limit) for w in THROUGHPUT_WINDOWS
             },
-            workers=self.active_workers(limit),
+            workers=self.live_workers(limit),
             failures=self.recent_failures(limit),
+            latency=self.latency(LATENCY_WINDOW, limit),
+            unserved=self.unserved(LATENCY_WINDOW, limit),
         )
 
     def delete_schedules(
@@ -339,6 +525,72 @@ class OpsQueries:
 
     def _one(self, query: Any, params: Mapping[str, Any]) -> dict[str, Any]:
         return self.driver.fetch(query, params)[0]
+
+
+def label_worker_session(
+    connection: psycopg.Connection[Any],
+    queue_manager_id: uuid.UUID,
+    settings: DBSettings | None = None,
+) -> str | None:
+    """Name ``connection``'s session after a worker, for :meth:`OpsQueries.live_workers`.
+
+    Sets ``application_name`` to ``pgq-sync worker <queue_manager_id> <oid>`` for
+    the rest of the session (``<oid>``: the queue table's, resolved by the
+    server; 52 + up to 11 bytes, within PostgreSQL's 63). Meant for a connection
+    the worker owns: the name stays until the session ends. Best effort: a
+    failure is logged and returns ``None``; the session just goes unnamed.
+    """
+    names = OpsStatements(settings or db_settings())
+    params = {"label": f"{WORKER_SESSION_PREFIX}{queue_manager_id}",
+              "queue_regclass": names.queue_regclass}
+    try:
+        row = connection.execute(LABEL_WORKER_SESSION, params).fetchone()
+    except psycopg.Error as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        logger.warning("could not set application_name on the worker's connection: %s",
+                       first_line)
+        return None
+    return str(row[0]) if row else None
+
+
+def _live_worker(row: Mapping[str, Any]) -> LiveWorker:
+    pids = row["pids"] or []
+    columns = ("application_names", "client_addrs", "client_hostnames", "client_ports",
+               "backend_starts", "seconds_connected", "states")
+    values = [row[c] or [None] * len(pids) for c in columns]
+    sessions = [
+        WorkerSession(pid, name, addr, hostname, port, started, connected, state)
+        for pid, name, addr, hostname, port, started, connected, state in zip(
+            pids, *values, strict=True)
+    ]
+    return LiveWorker(
+        queue_manager_id=row["queue_manager_id"],
+        seen=row["seen"],
+        sessions=sessions,
+        active_jobs=row["active_jobs"],
+        job_ids=[JobId(i) for i in row["job_ids"]],
+        entrypoints=[QueueEntrypoint(e) for e in row["entrypoints"]],
+        oldest_heartbeat=row["oldest_heartbeat"],
+        newest_heartbeat=row["newest_heartbeat"],
+        seconds_since_oldest_heartbeat=row["seconds_since_oldest_heartbeat"],
+        seconds_since_newest_heartbeat=row["seconds_since_newest_heartbeat"],
+    )
+
+
+def _latency(row: Mapping[str, Any], window_seconds: float) -> Latency:
+    wait = row["wait"] or [None, None]
+    run = row["run"] or [None, None]
+    return Latency(
+        entrypoint=QueueEntrypoint(row["entrypoint"]),
+        window_seconds=window_seconds,
+        picked=row["picked"],
+        waited=row["waited"],
+        wait_p50=wait[0],
+        wait_p95=wait[1],
+        finished=row["finished"],
+        run_p50=run[0],
+        run_p95=run[1],
+    )
 
 
 def _log_entry(row: Mapping[str, Any]) -> LogEntry:

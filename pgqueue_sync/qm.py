@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import signal
 import threading
@@ -69,6 +70,7 @@ from .models import (
     TracebackRecord,
     failure_record,
 )
+from .ops import label_worker_session
 from .queries import EntrypointExecutionParameter, PollState, Queries
 from .ratelimit import TokenBucket
 from .results import StoredResult, encode_result, missing_table_problem
@@ -563,6 +565,10 @@ class QueueManager:
             self.channel,
             on_event=self._on_event,
             on_reconnect=self._on_listener_reconnect,
+            # Names this worker's own session for 'pgq-sync workers' (ops.py).
+            on_connect=functools.partial(label_worker_session,
+                                         queue_manager_id=self.queue_manager_id,
+                                         settings=self.queries.settings),
         )
         if not listener.start():
             logger.warning("the listener is not connected yet; polling until it is")

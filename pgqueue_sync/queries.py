@@ -7,12 +7,14 @@ the driver is (both psycopg drivers are).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -47,6 +49,7 @@ from .types import (
     JOB_STATUS,
     JOB_STATUSES,
     ON_CONFLICT_MODES,
+    Channel,
     CronEntrypoint,
     CronExpression,
     HealthCheckId,
@@ -67,6 +70,30 @@ JobOutcome = tuple[Job | JobId | int, JOB_STATUS, TracebackRecord | None]
 JobRetry = tuple[Job | JobId | int, timedelta, TracebackRecord | None]
 ExecuteAfter = timedelta | datetime | None
 Headers = Mapping[str, Any] | None
+
+#: What :meth:`Queries.run_bulk` can do to many jobs at once.
+BulkAction = Literal["requeue", "cancel", "purge"]
+BULK_ACTIONS: tuple[BulkAction, ...] = ("requeue", "cancel", "purge")
+#: The statuses each bulk action selects: held jobs are requeued, queued and
+#: picked ones cancelled, queued ones purged.
+BULK_STATUSES: Mapping[BulkAction, tuple[JOB_STATUS, ...]] = {
+    "requeue": ("failed",),
+    "cancel": ("queued", "picked"),
+    "purge": ("queued",),
+}
+#: Rows per statement of a bulk action; each batch is its own short transaction.
+BULK_BATCH_SIZE = 1_000
+#: Passes over the selection a cancel or purge makes while rows another session
+#: held locked (a claim, a heartbeat) are left; requeue makes one (see run_bulk).
+BULK_SWEEPS = 3
+#: Seconds between two such passes, for the other session to finish.
+BULK_SWEEP_PAUSE = 0.1
+#: Ids a :class:`BulkResult` keeps (the lowest ones); the counts are always complete.
+BULK_REPORTED_IDS = 100
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+NOTIFY_PAYLOAD_LIMIT = 7_999
+# Below every id the sequence hands out: where a bulk walk starts.
+_BEFORE_ANY_ID = -(2**63)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +118,73 @@ class PollState:
     #: Time until the next picked job of these entrypoints goes stale (may be
     #: negative: already stale), or ``None`` when none is picked.
     stale_eta: timedelta | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BulkPlan:
+    """What a bulk action would change, counted when it was planned.
+
+    ``entrypoints`` is ``None`` for every entrypoint. ``last_id`` is the highest
+    matching id then (``None``: nothing matched); :meth:`Queries.run_bulk`
+    stops there, so jobs enqueued later are never touched.
+    """
+
+    action: BulkAction
+    entrypoints: tuple[str, ...] | None
+    count: int
+    last_id: JobId | None
+
+    @property
+    def statuses(self) -> tuple[JOB_STATUS, ...]:
+        """The statuses the action selects."""
+        return BULK_STATUSES[self.action]
+
+
+@dataclasses.dataclass(frozen=True)
+class BulkResult:
+    """What a bulk action did.
+
+    ``done`` jobs were changed in ``batches`` statements; ``by_entrypoint``
+    splits ``done``; ``ids`` holds the lowest of their ids (at most
+    :data:`BULK_REPORTED_IDS`), ascending. ``kept``: held jobs a requeue left
+    held because an active job holds their ``dedupe_key``. ``busy``: matching
+    jobs left because another session kept them locked through every pass.
+    """
+
+    action: BulkAction
+    done: int
+    batches: int
+    by_entrypoint: Mapping[str, int]
+    ids: tuple[JobId, ...]
+    kept: int = 0
+    busy: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BulkRow:
+    """One row a bulk batch locked: ``done`` when the batch acted on it."""
+
+    id: int
+    entrypoint: str | None
+    done: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRecord:
+    """The newest failure record logged for a job: the log row's status and time, and
+    the exception type and message it stored."""
+
+    job_id: JobId
+    logged: datetime
+    status: JOB_STATUS
+    record: TracebackRecord
+
+    @property
+    def summary(self) -> str:
+        """``"Type: message"`` on one line (``"Type"`` when the message is empty)."""
+        message = " ".join(self.record.exception_message.split())
+        kind = self.record.exception_type or "error"
+        return f"{kind}: {message}" if message else kind
 
 
 class Queries:
@@ -402,6 +496,106 @@ class Queries:
         rows = self.driver.fetch(self.statements.list_failed_jobs(order), {"limit": limit})
         return [Job.from_row(row) for row in rows]
 
+    def last_errors(self, ids: Iterable[int]) -> dict[JobId, ErrorRecord]:
+        """The newest logged failure of each job: from its latest log row that carries
+        a traceback record (a hold, an exception, a retry), in one query.
+
+        Jobs without such a row are left out. Only rows logged since the job's
+        row was created count, so an id reused after a reinstall does not
+        inherit an older job's error; a job no longer in the queue has none.
+        """
+        id_list = sorted(set(_ids(ids)))
+        if not id_list:
+            return {}
+        rows = self.driver.fetch(self.statements.last_errors, {"ids": id_list})
+        found = (_error_record(r) for r in rows)
+        return {e.job_id: e for e in found if e is not None}
+
+    # -- bulk actions ------------------------------------------------------------------------
+
+    def plan_bulk(
+        self, action: BulkAction, *, entrypoints: str | Sequence[str] | None = None
+    ) -> BulkPlan:
+        """Count the jobs a bulk action would change now, and note the highest id.
+
+        ``requeue``: held (``failed``) jobs; ``cancel``: queued and picked jobs;
+        ``purge``: queued jobs (deferred ones included). ``entrypoints=None``
+        means every entrypoint, which only ``requeue`` accepts.
+        """
+        names = _bulk_scope(action, entrypoints)
+        row = self.driver.fetch(
+            self.statements.bulk_plan(every=names is None),
+            {"statuses": list(BULK_STATUSES[action]), "entrypoints": list(names or ()),
+             "last_id": None},
+        )[0]
+        last = row["last_id"]
+        return BulkPlan(action, names, int(row["count"]), None if last is None else JobId(last))
+
+    def run_bulk(
+        self,
+        plan: BulkPlan,
+        *,
+        batch_size: int = BULK_BATCH_SIZE,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> BulkResult:
+        """Carry out a planned bulk action, ``batch_size`` jobs per statement.
+
+        Walks the ids up to ``plan.last_id`` once, lowest first; jobs enqueued
+        since the plan are not touched. On an autocommit driver each batch
+        commits on its own, so no lock outlives a batch, and rows another
+        session holds locked (a claim in progress, a heartbeat) are skipped
+        rather than waited for: workers are never blocked.
+
+        * ``requeue``: as :meth:`requeue_jobs` (``attempts`` reset, a ``queued``
+          log row, workers woken once per batch). A held job whose
+          ``dedupe_key`` an active job holds stays held (``kept``).
+        * ``cancel``: as :meth:`mark_job_as_cancelled`, batch by batch: queued
+          jobs are deleted and running ones see their cancellation token; all
+          are logged ``canceled``.
+        * ``purge``: queued jobs are deleted and logged ``deleted``; picked and
+          held jobs are never touched.
+
+        A cancel or purge walks again (up to :data:`BULK_SWEEPS` times) while
+        jobs it skipped as locked still match; what is left then is ``busy``.
+        A requeue walks once, so a requeued job that is held again meanwhile
+        is not requeued a second time. ``on_batch`` gets each batch's count.
+        """
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        every = plan.entrypoints is None
+        params: dict[str, Any] = {
+            "entrypoints": list(plan.entrypoints or ()),
+            "last_id": plan.last_id,
+            "batch": batch_size,
+            "channel": self.settings.channel,
+            "table": self.settings.bare_name("queue_table"),
+        }
+
+        def run_batch(after: int) -> list[BulkRow]:
+            batch = {**params, "after": after}
+            if plan.action == "cancel":
+                return self._cancel_batch(every, batch)
+            statement = (self.statements.bulk_requeue if plan.action == "requeue"
+                         else self.statements.bulk_purge)
+            rows = self.driver.fetch(statement(every=every), batch)
+            return [BulkRow(r["id"], r["entrypoint"], r["done"]) for r in rows]
+
+        def remaining() -> int:
+            query = self.statements.bulk_plan(every=every)
+            counted = {**params, "statuses": list(plan.statuses)}
+            return int(self.driver.fetch(query, counted)[0]["count"])
+
+        return walk_bulk(plan, run_batch=run_batch, remaining=remaining, on_batch=on_batch)
+
+    def _cancel_batch(self, every: bool, params: Mapping[str, Any]) -> list[BulkRow]:
+        # Lock the batch, then cancel it by id in the same transaction: the
+        # rows cannot finish or be claimed in between.
+        with self.driver.transaction() as tx:
+            locked = tx.fetch(self.statements.bulk_lock_active(every=every), params)
+            ids = [int(r["id"]) for r in locked]
+            done = set(Queries(tx, settings=self.settings).mark_job_as_cancelled(ids))
+        return [BulkRow(r["id"], r["entrypoint"], r["id"] in done) for r in locked]
+
     def mark_job_as_cancelled(self, ids: Iterable[int]) -> list[JobId]:
         """Cancel jobs: delete queued or picked rows, log ``canceled``, notify workers.
 
@@ -419,11 +613,12 @@ class Queries:
         return logged
 
     def notify_job_cancellation(self, ids: Iterable[int]) -> None:
-        """Send a ``cancellation_event`` for ``ids`` without touching any row."""
-        event = CancellationEvent(
-            channel=self.settings.channel, sent_at=utc_now(), ids=[JobId(i) for i in ids]
-        )
-        self._notify(dump_event(event))
+        """Send a ``cancellation_event`` for ``ids`` without touching any row.
+
+        Many ids go out as several events, each under PostgreSQL's payload limit.
+        """
+        for payload in cancellation_payloads(self.settings.channel, ids, utc_now()):
+            self._notify(payload)
 
     def notify_health_check(self, health_check_id: HealthCheckId | uuid.UUID) -> None:
         """Send a ``health_check_event`` (a worker's probe of its own listener)."""
@@ -604,6 +799,121 @@ class Queries:
     def clear_schedule(self) -> None:
         """Delete every schedule."""
         self.driver.execute(self.statements.truncate("schedules"))
+
+
+def cancellation_payloads(
+    channel: str, ids: Iterable[int], now: datetime, *, received_at: datetime | None = None
+) -> list[str]:
+    """The ``cancellation_event`` payloads announcing ``ids``: as few as fit under
+    :data:`NOTIFY_PAYLOAD_LIMIT` bytes each (one, with no ids, for none)."""
+
+    def payload(chunk: list[int]) -> str:
+        event = CancellationEvent(channel=Channel(channel), sent_at=now,
+                                  ids=[JobId(i) for i in chunk],
+                                  received_at=now if received_at is None else received_at)
+        return dump_event(event)
+
+    room = NOTIFY_PAYLOAD_LIMIT - len(payload([]).encode())
+    return [payload(chunk) for chunk in _id_chunks(_ids(ids), room=room)]
+
+
+def _id_chunks(ids: list[int], *, room: int) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    used = 0
+    for job_id in ids:
+        width = len(str(job_id)) + 1  # the digits and a comma
+        if chunk and used + width > room:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(job_id)
+        used += width
+    if chunk or not ids:
+        yield chunk
+
+
+def walk_bulk(
+    plan: BulkPlan,
+    *,
+    run_batch: Callable[[int], Sequence[BulkRow]],
+    remaining: Callable[[], int],
+    on_batch: Callable[[int], None] | None = None,
+) -> BulkResult:
+    """The batch loop behind ``run_bulk``, shared by the database and the in-memory
+    queries: ``run_batch(after)`` handles the next batch of ids above ``after``;
+    ``remaining()`` counts the jobs that still match, up to ``plan.last_id``."""
+    by_entrypoint: collections.Counter[str] = collections.Counter()
+    ids: list[int] = []
+    batches = kept = busy = 0
+    if plan.last_id is None:
+        return BulkResult(plan.action, 0, 0, {}, ())
+    sweeps = 1 if plan.action == "requeue" else BULK_SWEEPS
+    for sweep in range(sweeps):
+        if sweep:
+            time.sleep(BULK_SWEEP_PAUSE)
+        after, kept = _BEFORE_ANY_ID, 0
+        while True:
+            rows = run_batch(after)
+            if not rows:
+                break
+            after = max(r.id for r in rows)
+            done = [r for r in rows if r.done]
+            kept += len(rows) - len(done)
+            batches += 1
+            by_entrypoint.update(r.entrypoint or "" for r in done)
+            ids = sorted(ids + [r.id for r in done])[:BULK_REPORTED_IDS]
+            if on_batch is not None:
+                on_batch(len(done))
+            logger.debug("%s: %d job(s) in batch %d (up to id %d)",
+                         plan.action, len(done), batches, after)
+        if sweeps == 1:
+            break
+        busy = remaining()
+        if not busy:
+            break
+    total = sum(by_entrypoint.values())
+    logger.info("%s: %d job(s) in %d batch(es)", plan.action, total, batches)
+    return BulkResult(plan.action, total, batches, dict(sorted(by_entrypoint.items())),
+                      tuple(JobId(i) for i in ids), kept=kept if plan.action == "requeue" else 0,
+                      busy=busy)
+
+
+def _bulk_scope(action: str, entrypoints: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The validated entrypoints of a bulk action (``None``: every one)."""
+    if action not in BULK_ACTIONS:
+        raise ConfigurationError(
+            f"bulk action must be one of {', '.join(BULK_ACTIONS)}, got {action!r}"
+        )
+    if entrypoints is None:
+        if action != "requeue":
+            raise ConfigurationError(f"{action} needs the entrypoints it applies to")
+        return None
+    names = tuple(dict.fromkeys(_check_entrypoint(e) for e in _names(entrypoints)))
+    if not names:
+        raise ConfigurationError(f"{action} needs at least one entrypoint")
+    return names
+
+
+def _error_record(row: Mapping[str, Any]) -> ErrorRecord | None:
+    """An :class:`ErrorRecord` from a ``last_errors`` row; ``None`` if the stored value
+    is not an object. Records missing fields (written by other tools) are
+    completed with empty text and the log row's time rather than dropped."""
+    value = row["traceback"]
+    if isinstance(value, str | bytes):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        return None
+    job_id = JobId(row["job_id"])
+    try:
+        record = TracebackRecord.from_json(value)
+    except (KeyError, TypeError, ValueError):
+        record = TracebackRecord(
+            job_id=job_id,
+            timestamp=row["created"],
+            exception_type=str(value.get("exception_type") or ""),
+            exception_message=str(value.get("exception_message") or ""),
+            traceback=str(value.get("traceback") or ""),
+        )
+    return ErrorRecord(job_id, row["created"], row["status"], record)
 
 
 def _outcome_params(

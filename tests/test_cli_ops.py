@@ -178,7 +178,7 @@ def test_workers_groups_picked_jobs_by_queue_manager(dsn: str, prepared: Prepare
 
 
 def test_workers_and_backlog_say_so_when_nothing_is_there(dsn: str) -> None:
-    assert ok(dsn, "workers").strip() == "no worker holds picked jobs"
+    assert ok(dsn, "workers").strip() == "no worker is connected and none holds picked jobs"
     assert ok(dsn, "backlog").strip() == "the queue is empty"
     assert json.loads(ok(dsn, "workers", "--json")) == []
 
@@ -310,7 +310,8 @@ def test_dashboard_once_prints_one_plain_frame(dsn: str, prepared: Prepared) -> 
     text = ok(dsn, "dashboard", "--once")
     assert "\x1b" not in text  # no ANSI codes unless refreshing a terminal
     assert text.startswith("pgq-sync dashboard")
-    for heading in ("Queue", "Throughput", "Workers holding jobs", "Recent failures"):
+    for heading in ("Queue", "Throughput", "Workers (connected, or holding jobs)",
+                    "Recent failures"):
         assert f"\n{heading}" in text
     queue = text.split("\nQueue\n")[1].split("\n\n")[0]
     assert [row[0] for row in body(queue)] == ["resize_image", "send_email"]
@@ -329,7 +330,8 @@ def test_dashboard_on_an_empty_queue_and_json_snapshot(dsn: str) -> None:
     text = ok(dsn, "dashboard", "--once")
     assert text.count("(none)") == 4
     snapshot = json.loads(ok(dsn, "dashboard", "--once", "--json"))
-    assert set(snapshot) == {"taken_at", "backlog", "throughput", "workers", "failures"}
+    assert set(snapshot) == {"taken_at", "backlog", "throughput", "workers", "failures",
+                             "latency", "unserved"}
     assert set(snapshot["throughput"]) == {"60", "300"}
 
 

@@ -418,7 +418,11 @@ def test_a_worker_on_one_connection_recovers_after_it_is_killed(
         pgq.entrypoint("next")(lambda job: done.set())
         with running(pgq, dequeue_timeout=1, log_aggregation_interval=0):
             wait_for(lambda: pgq.qm.idle_waits > 0)
-            assert terminate_backends(dsn, dbname, application_name="pgqs-single") >= 2
+            # The worker's connection, and its listener's (named after the worker).
+            [(oid,)] = conn.execute("SELECT 'pgqueuer'::regclass::oid").fetchall()
+            label = f"pgq-sync worker {pgq.qm.queue_manager_id} {oid}"
+            killed = terminate_backends(dsn, dbname, application_name="pgqs-single")
+            assert killed + terminate_backends(dsn, dbname, application_name=label) >= 2
             [job_id] = queries.enqueue("next", None)
             assert done.wait(20), "the worker did not come back after its connection died"
             wait_for(lambda: log_of(conn, job_id)[-1:] == ["successful"], timeout=10)

@@ -3,6 +3,13 @@
 Names reach the SQL only as :class:`psycopg.sql.Identifier` (through
 :meth:`DBSettings.ident`); values are always ``%(name)s`` parameters. Ages are
 computed by the server (``NOW() - ...``) so a client clock never skews them.
+
+Worker sessions: a worker's LISTEN connection carries the ``application_name``
+``pgq-sync worker <queue_manager_id> <oid>`` (at most 63 bytes), where ``<oid>``
+is the OID of the queue table it works on, so ``workers`` lists only the workers
+of its own queue even when several queues (prefixes, schemas) share a database.
+The name is set by :data:`LABEL_WORKER_SESSION` and read back by
+:attr:`OpsStatements.live_workers` through the patterns below.
 """
 
 from __future__ import annotations
@@ -16,17 +23,41 @@ from .statements import StatementSet
 #: The tables ``prune`` may delete from. The queue and schedules tables are never among them.
 PRUNABLE_TABLES = ("log", "stats")
 
+#: What a worker session's ``application_name`` starts with (then its id and the table OID).
+WORKER_SESSION_PREFIX = "pgq-sync worker "
+_UUID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+#: A whole worker session name, its ``queue_manager_id`` (first group) and its OID.
+WORKER_SESSION_PATTERN = f"^{WORKER_SESSION_PREFIX}{_UUID_PATTERN} [0-9]+$"
+WORKER_SESSION_ID_PATTERN = f"^{WORKER_SESSION_PREFIX}({_UUID_PATTERN}) "
+WORKER_SESSION_OID_PATTERN = " ([0-9]+)$"
+
+#: Name the current session after a worker: ``%(label)s`` (``pgq-sync worker <id>``) and
+#: the OID of the table ``%(queue_regclass)s`` names (left out if there is no such table).
+#: ``set_config(..., false)`` lasts for the session, like ``SET application_name``.
+LABEL_WORKER_SESSION = sql.SQL(
+    "SELECT set_config('application_name', %(label)s::text"
+    " || COALESCE(' ' || to_regclass(%(queue_regclass)s::text)::oid::text, ''), false)"
+    " AS application_name"
+)
+
 
 class OpsStatements(StatementSet):
     """Composed operator statements for one set of object names; immutable and thread-safe."""
 
+    @property
+    def queue_regclass(self) -> str:
+        """The quoted, qualified queue table name, bound as a value for ``to_regclass``."""
+        return self.settings.ident("queue_table").as_string()
+
     @functools.cached_property
     def stale_jobs(self) -> sql.SQL:
-        """Picked jobs whose heartbeat is older than ``%(threshold)s``, stalest first."""
+        """Picked jobs whose heartbeat is older than ``%(threshold)s``, stalest first;
+        ``repickable``: older than ``%(heartbeat_timeout)s`` too (any worker re-claims it)."""
         return self._sql("""
 SELECT id, priority, queue_manager_id, created, updated, heartbeat, execute_after,
        status::text AS status, entrypoint, attempts,
-       EXTRACT(EPOCH FROM NOW() - heartbeat)::float8 AS seconds_since_heartbeat
+       EXTRACT(EPOCH FROM NOW() - heartbeat)::float8 AS seconds_since_heartbeat,
+       heartbeat < NOW() - %(heartbeat_timeout)s::interval AS repickable
 FROM {queue}
 WHERE status = 'picked' AND heartbeat < NOW() - %(threshold)s::interval
 ORDER BY heartbeat ASC, id ASC
@@ -46,6 +77,155 @@ FROM {queue}
 WHERE status = 'picked' AND queue_manager_id IS NOT NULL
 GROUP BY queue_manager_id
 ORDER BY count(*) DESC, queue_manager_id
+LIMIT %(limit)s
+""")
+
+    @functools.cached_property
+    def live_workers(self) -> sql.SQL:
+        """One row per worker: those with an open session named after them (connected,
+        busy or idle) and those holding picked jobs, busiest first.
+
+        Session columns come as arrays in ``backend_start`` order (normally one
+        session: the LISTEN connection). A worker with no session is ``holding``
+        while its newest heartbeat is younger than ``%(heartbeat_timeout)s`` (a
+        PgQueuer worker, say) and ``stale`` after that.
+        """
+        return self._sql("""
+WITH sessions AS (
+    SELECT substring(a.application_name FROM %(id_pattern)s::text)::uuid AS queue_manager_id,
+           a.pid, a.application_name, host(a.client_addr) AS client_addr, a.client_hostname,
+           a.client_port, a.backend_start, a.state
+    FROM pg_stat_activity a
+    WHERE a.datname = current_database()
+      AND a.application_name ~ %(name_pattern)s::text
+      AND substring(a.application_name FROM %(oid_pattern)s::text)
+          = to_regclass(%(queue_regclass)s::text)::oid::text
+),
+connected AS (
+    SELECT queue_manager_id,
+           array_agg(pid ORDER BY backend_start, pid) AS pids,
+           array_agg(application_name ORDER BY backend_start, pid) AS application_names,
+           array_agg(client_addr ORDER BY backend_start, pid) AS client_addrs,
+           array_agg(client_hostname ORDER BY backend_start, pid) AS client_hostnames,
+           array_agg(client_port ORDER BY backend_start, pid) AS client_ports,
+           array_agg(backend_start ORDER BY backend_start, pid) AS backend_starts,
+           array_agg(EXTRACT(EPOCH FROM NOW() - backend_start)::float8
+                     ORDER BY backend_start, pid) AS seconds_connected,
+           array_agg(state ORDER BY backend_start, pid) AS states
+    FROM sessions
+    GROUP BY queue_manager_id
+),
+held AS (
+    SELECT queue_manager_id, count(*) AS active_jobs,
+           array_agg(id ORDER BY id) AS job_ids,
+           array_agg(DISTINCT entrypoint ORDER BY entrypoint) AS entrypoints,
+           min(heartbeat) AS oldest_heartbeat, max(heartbeat) AS newest_heartbeat
+    FROM {queue}
+    WHERE status = 'picked' AND queue_manager_id IS NOT NULL
+    GROUP BY queue_manager_id
+)
+SELECT COALESCE(c.queue_manager_id, h.queue_manager_id) AS queue_manager_id,
+       CASE WHEN c.queue_manager_id IS NOT NULL THEN 'connected'
+            WHEN h.newest_heartbeat >= NOW() - %(heartbeat_timeout)s::interval THEN 'holding'
+            ELSE 'stale' END AS seen,
+       c.pids, c.application_names, c.client_addrs, c.client_hostnames, c.client_ports,
+       c.backend_starts, c.seconds_connected, c.states,
+       COALESCE(h.active_jobs, 0) AS active_jobs,
+       COALESCE(h.job_ids, ARRAY[]::bigint[]) AS job_ids,
+       COALESCE(h.entrypoints, ARRAY[]::text[]) AS entrypoints,
+       h.oldest_heartbeat, h.newest_heartbeat,
+       EXTRACT(EPOCH FROM NOW() - h.oldest_heartbeat)::float8 AS seconds_since_oldest_heartbeat,
+       EXTRACT(EPOCH FROM NOW() - h.newest_heartbeat)::float8 AS seconds_since_newest_heartbeat
+FROM connected c
+FULL JOIN held h ON h.queue_manager_id = c.queue_manager_id
+ORDER BY COALESCE(h.active_jobs, 0) DESC, c.queue_manager_id IS NULL,
+         COALESCE(c.queue_manager_id, h.queue_manager_id)
+LIMIT %(limit)s
+""")
+
+    @functools.cached_property
+    def latency(self) -> sql.SQL:
+        """Per entrypoint, over the log rows of the last ``%(window)s``: picks, and the
+        p50/p95 of queue wait (``queued`` row -> ``picked`` row of the same job) and
+        run time (``picked`` -> ``successful``/``exception``/``failed``).
+
+        Reads the window once through the ``created`` index (the MATERIALIZED
+        scan has no other condition, so no plan walks the whole log) and pairs
+        each row with the job's previous row in the window. Only a job's first
+        row in the window looks further back, one probe of the ``(job_id,
+        created)`` index each: its predecessor was logged before the window.
+        """
+        return self._sql("""
+WITH recent AS MATERIALIZED (
+    SELECT id, job_id, created, status, entrypoint FROM {log}
+    WHERE created > NOW() - %(window)s::interval
+),
+paired AS (
+    SELECT r.id, r.job_id, r.created, r.status, r.entrypoint,
+           lag(r.status) OVER w AS previous, lag(r.created) OVER w AS previous_at
+    FROM recent r
+    WINDOW w AS (PARTITION BY r.job_id ORDER BY r.id)
+),
+timed AS (
+    SELECT s.entrypoint, s.status,
+           COALESCE(s.previous, b.status) AS previous,
+           GREATEST(EXTRACT(EPOCH FROM s.created - COALESCE(s.previous_at, b.created)), 0)
+               ::float8 AS seconds
+    FROM paired s
+    LEFT JOIN LATERAL (
+        SELECT l.status, l.created FROM {log} l
+        WHERE s.previous IS NULL AND l.job_id = s.job_id AND l.id < s.id
+        ORDER BY l.id DESC
+        LIMIT 1
+    ) b ON TRUE
+    WHERE s.status IN ('picked', 'successful', 'exception', 'failed')
+)
+SELECT entrypoint,
+       count(*) FILTER (WHERE status = 'picked') AS picked,
+       count(*) FILTER (WHERE status = 'picked' AND previous = 'queued') AS waited,
+       percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY seconds)
+           FILTER (WHERE status = 'picked' AND previous = 'queued') AS wait,
+       count(*) FILTER (WHERE status <> 'picked' AND previous = 'picked') AS finished,
+       percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY seconds)
+           FILTER (WHERE status <> 'picked' AND previous = 'picked') AS run
+FROM timed
+GROUP BY entrypoint
+ORDER BY count(*) DESC, entrypoint
+LIMIT %(limit)s
+""")
+
+    @functools.cached_property
+    def unserved(self) -> sql.SQL:
+        """Entrypoints with a job ready for longer than ``%(grace)s`` while no job of
+        theirs was picked within ``%(window)s`` and none is running (a picked row
+        whose heartbeat is younger than ``%(heartbeat_timeout)s``).
+
+        The log is grouped over the window with no status condition, so the scan
+        goes through the ``created`` index, never through all ``picked`` rows.
+        """
+        return self._sql("""
+WITH ready AS (
+    SELECT entrypoint, count(*) AS ready, min(GREATEST(created, execute_after)) AS ready_since
+    FROM {queue}
+    WHERE status = 'queued' AND execute_after <= NOW()
+    GROUP BY entrypoint
+),
+picked_recently AS MATERIALIZED (
+    SELECT entrypoint FROM {log}
+    WHERE created > NOW() - %(window)s::interval
+    GROUP BY entrypoint
+    HAVING bool_or(status = 'picked')
+)
+SELECT r.entrypoint, r.ready, r.ready_since,
+       EXTRACT(EPOCH FROM NOW() - r.ready_since)::float8 AS seconds_ready
+FROM ready r
+WHERE r.ready_since < NOW() - %(grace)s::interval
+  AND NOT EXISTS (SELECT 1 FROM picked_recently p WHERE p.entrypoint = r.entrypoint)
+  AND NOT EXISTS (
+      SELECT 1 FROM {queue} q
+      WHERE q.entrypoint = r.entrypoint AND q.status = 'picked'
+        AND q.heartbeat >= NOW() - %(heartbeat_timeout)s::interval)
+ORDER BY r.ready_since, r.entrypoint
 LIMIT %(limit)s
 """)
 

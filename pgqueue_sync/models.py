@@ -384,3 +384,23 @@ def _parse_datetime(value: object) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError("timestamp must carry a UTC offset")
     return parsed
+
+
+@dataclasses.dataclass(frozen=True)
+class TableHealth:
+    """The queue table's counters, as ``pg_class`` and ``pg_stat_user_tables`` have them.
+
+    ``reltuples`` is -1 until the table is first analyzed; ``autovacuum`` is
+    false when the server has it off or the table opts out; ``owner`` tells
+    whether this role may ANALYZE and VACUUM it.
+    """
+
+    reltuples: float
+    live: int
+    dead: int
+    modified: int
+    analyzed: datetime | None
+    vacuumed: datetime | None
+    autovacuum: bool
+    owner: bool
+    now: datetime

@@ -42,6 +42,8 @@ DATABASE_RETRY_INITIAL = 0.5
 DATABASE_RETRY_MAX = 5.0
 #: How long run() waits for an unreachable database at start before giving up.
 WAIT_FOR_DATABASE = timedelta(seconds=60)
+#: Workers ANALYZE/VACUUM the queue table where autovacuum does not (see upkeep.py).
+QUEUE_UPKEEP = True
 #: After the next picked job's stale time, wait this much longer before the
 #: rescuing claim (the claim's test is strict: heartbeat < NOW() - timeout).
 STALE_WAKE_MARGIN = 0.05
@@ -187,6 +189,7 @@ class RunOptions:
     shutdown_timeout: timedelta | None
     wait_for_database: timedelta = WAIT_FOR_DATABASE
     claim_lanes: int = CLAIM_LANES
+    queue_upkeep: bool = QUEUE_UPKEEP
 
     @classmethod
     def build(
@@ -202,6 +205,7 @@ class RunOptions:
         concurrency: int | None,
         shutdown_timeout: timedelta | float | None,
         wait_for_database: timedelta | float = WAIT_FOR_DATABASE,
+        queue_upkeep: bool = QUEUE_UPKEEP,
     ) -> RunOptions:
         """Validate everything up front; raises :class:`ConfigurationError`."""
         batch = positive_int("batch_size", batch_size)
@@ -222,6 +226,7 @@ class RunOptions:
                 "shutdown_timeout", shutdown_timeout
             ),
             wait_for_database=duration("wait_for_database", wait_for_database),
+            queue_upkeep=bool(queue_upkeep),
         )
 
 

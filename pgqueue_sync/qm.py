@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any, NamedTuple, TypeVar
 
-from . import options
+from . import options, upkeep
 from .aio import EscapedBaseException, EventLoopThread
 from .backoff import Backoff
 from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
@@ -77,6 +77,7 @@ from .results import StoredResult, encode_result, missing_table_problem
 from .threads import IDLE, JOIN_TIMEOUT, HandlerPool, Idle, Ticker
 from .tracing import TracingProtocol, get_tracer, is_active, process_span
 from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, QueueManagerId
+from .upkeep import QueueUpkeep
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ class QueueManager:
         self._rate_lock = threading.Lock()
         self._capacity: Capacity | None = None
         self._dispatched_since_aggregation = False
+        #: The queue table's upkeep while run() runs (None before, or when turned off).
+        self.upkeep: QueueUpkeep | None = None
         self._loop: EventLoopThread | None = None
         self._buffer: CompletionBuffer | None = None
         self._heartbeats: Heartbeats | None = None
@@ -270,6 +273,7 @@ class QueueManager:
         concurrency: int | None = None,
         shutdown_timeout: timedelta | float | None = None,
         wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
+        queue_upkeep: bool = options.QUEUE_UPKEEP,
     ) -> None:
         """Process jobs until :attr:`shutdown` is set (or, in drain mode, until idle).
 
@@ -289,6 +293,11 @@ class QueueManager:
         fix (in drain mode; e.g. a missing grant), and
         :class:`FailingListenerError` when the listener fails its health check
         and ``shutdown_on_listener_failure`` is set.
+
+        ``queue_upkeep`` (default on): where autovacuum does not keep up, a
+        worker owning the queue table ANALYZEs and VACUUMs it (see
+        :mod:`pgqueue_sync.upkeep`); stale statistics alone slow a deep drain
+        down eightfold.
         """
         opts = options.RunOptions.build(
             dequeue_timeout=dequeue_timeout,
@@ -301,6 +310,7 @@ class QueueManager:
             concurrency=concurrency,
             shutdown_timeout=shutdown_timeout,
             wait_for_database=wait_for_database,
+            queue_upkeep=queue_upkeep,
         )
         if not self.entrypoint_registry:
             raise ConfigurationError("no entrypoints registered; decorate a handler first")
@@ -520,6 +530,11 @@ class QueueManager:
             aggregator = Ticker(self._aggregate, opts.log_aggregation_interval.total_seconds(),
                                 name="pgqueue_sync-aggregator").start()
             stack.push(lambda: aggregator.stop(QUICK_JOIN_TIMEOUT))
+        if opts.queue_upkeep:
+            self.upkeep = QueueUpkeep(self.queries)
+            keeper = Ticker(self.upkeep, upkeep.INTERVAL, name="pgqueue_sync-upkeep").start()
+            keeper.wake()  # look at once: a backlog enqueued before the start needs it most
+            stack.push(lambda: keeper.stop(QUICK_JOIN_TIMEOUT))
 
     def _watch_shutdown(self) -> Callable[[], None]:
         """Turn ``shutdown.set()`` from any thread into wake-ups of every waiting loop.

@@ -36,12 +36,14 @@ from .models import (
     LogStatistics,
     QueueStatistics,
     Schedule,
+    TableHealth,
     TracebackRecord,
     dump_event,
     utc_now,
 )
 from .options import HEARTBEAT_TIMEOUT, duration, key_text
 from .settings import DBSettings, db_settings
+from .sql import upkeep as upkeep_sql
 from .sql.arrays import bytea_array, int_array, text_array
 from .sql.statements import Statements, finish_steps
 from .tracing import TracingProtocol, get_tracer, is_active, merge_publish_headers
@@ -727,6 +729,22 @@ class Queries:
         else:
             query = self.statements.delete_for_entrypoints(table)
             self.driver.execute(query, {"entrypoints": _names(entrypoint)})
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    def queue_table_health(self) -> TableHealth:
+        """The queue table's row counters, last ANALYZE/VACUUM and autovacuum state."""
+        query, params = upkeep_sql.health(self.settings)
+        [row] = self.driver.fetch(query, params)
+        return TableHealth(**row)
+
+    def analyze_queue_table(self) -> None:
+        """``ANALYZE`` the queue table (owner only; skipped while another session does)."""
+        self.driver.execute(upkeep_sql.analyze(self.settings))
+
+    def vacuum_queue_table(self) -> None:
+        """``VACUUM`` the queue table (owner only; needs an autocommit connection)."""
+        self.driver.execute(upkeep_sql.vacuum(self.settings))
 
     # -- statistics ------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ WORKER_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "wait_for_database": (int, float),
     "mode": str,
     "shutdown_on_listener_failure": bool,
+    "queue_upkeep": bool,
     "restart_on_failure": bool,
     "restart_delay": (int, float),
     "metrics_port": int,

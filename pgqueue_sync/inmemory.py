@@ -460,6 +460,7 @@ class InMemoryQueries:
         completed: Sequence[JobOutcome] = (),
         results: Sequence[StoredResult] = (),
         retries: Sequence[JobRetry] = (),
+        include_stale: bool = True,
     ) -> list[Job]:
         """Claim up to ``batch_size`` jobs; see :meth:`Queries.dequeue`.
 
@@ -482,7 +483,8 @@ class InMemoryQueries:
         finish = _outcome_params(completed, retries)
         budget = global_concurrency_limit or None
         with self._statement() as s:
-            plan = _plan_claim(s, registered, batch_size, queue_manager_id, budget)
+            plan = _plan_claim(s, registered, batch_size, queue_manager_id, budget,
+                               stale=include_stale)
             if finish:
                 _finish(s, finish, queue_manager_id)
             # A row also finished by this call keeps its finished state.
@@ -920,6 +922,8 @@ def _plan_claim(
     batch: int,
     me: QueueManagerId | uuid.UUID,
     budget: int | None,
+    *,
+    stale: bool = True,
 ) -> list[_Claim]:
     """Choose what one dequeue claims, following the SQL pipeline step by step."""
     rows = list(s.db.jobs.values())
@@ -928,7 +932,8 @@ def _plan_claim(
     for name, reg in registered.items():
         if reg.limit > 0:
             candidates += _fresh_limited(s, rows, name, reg.limit, batch, seats)
-    candidates += _stale(s, rows, registered, batch)
+    if stale:
+        candidates += _stale(s, rows, registered, batch)
     candidates.sort(key=lambda c: c.row.order())
     if budget is not None:
         load = sum(1 for r in rows if r.queue_manager_id == me)

@@ -42,6 +42,10 @@ DATABASE_RETRY_INITIAL = 0.5
 DATABASE_RETRY_MAX = 5.0
 #: How long run() waits for an unreachable database at start before giving up.
 WAIT_FOR_DATABASE = timedelta(seconds=60)
+#: A claim looks for stale picked jobs at most this often (and at most a quarter
+#: of the shortest stale timeout): that scan steps over the dead entries of every
+#: job finished since the last VACUUM.
+STALE_CHECK_INTERVAL = timedelta(seconds=5)
 #: Workers ANALYZE/VACUUM the queue table where autovacuum does not (see upkeep.py).
 QUEUE_UPKEEP = True
 #: After the next picked job's stale time, wait this much longer before the

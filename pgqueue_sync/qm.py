@@ -175,6 +175,8 @@ class QueueManager:
         self._rate_lock = threading.Lock()
         self._capacity: Capacity | None = None
         self._dispatched_since_aggregation = False
+        # time.monotonic() from which a claim also looks for stale picked jobs.
+        self._next_stale_check = 0.0
         #: The queue table's upkeep while run() runs (None before, or when turned off).
         self.upkeep: QueueUpkeep | None = None
         self._loop: EventLoopThread | None = None
@@ -331,6 +333,7 @@ class QueueManager:
         for event in (self._halt, self._stop_now, self._recovered):
             event.clear()
         self._signals = 0
+        self._next_stale_check = 0.0
         self._fatal = None
         self._listener_error = None
         self._lanes = []
@@ -781,8 +784,18 @@ class QueueManager:
         return self.queries.dequeue(
             batch, eps, self.queue_manager_id, opts.max_concurrent_tasks,
             opts.heartbeat_timeout, completed=finished.outcomes, results=finished.results,
-            retries=finished.retries,
+            retries=finished.retries, include_stale=self._stale_check_due(opts),
         )
+
+    def _stale_check_due(self, opts: options.RunOptions) -> bool:
+        """Whether this claim also looks for stale picked jobs (every few seconds:
+        that scan steps over every job finished since the last VACUUM)."""
+        now = time.monotonic()
+        if now < self._next_stale_check:
+            return False
+        every = min(options.STALE_CHECK_INTERVAL, self._shortest_stale(opts) / 4)
+        self._next_stale_check = now + every.total_seconds()
+        return True
 
     def _idle_wait(self, opts: options.RunOptions, state: PollState, queued: bool) -> float:
         # Retries, requeues, holds and hand-backs notify (as PgQueuer 2 does), but a
@@ -796,6 +809,7 @@ class QueueManager:
         else:
             wait = options.MIN_DEQUEUE_POLL_INTERVAL if queued else longest
         if state.stale_eta is not None:
+            self._next_stale_check = 0.0  # the claim after this wait looks for it
             stale = state.stale_eta.total_seconds() + options.STALE_WAKE_MARGIN
             wait = min(wait, max(stale, options.MIN_DEQUEUE_POLL_INTERVAL))
         buckets = [r.bucket for r in self.entrypoint_registry.values() if r.bucket is not None]

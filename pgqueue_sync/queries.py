@@ -310,6 +310,7 @@ class Queries:
         completed: Sequence[JobOutcome] = (),
         results: Sequence[StoredResult] = (),
         retries: Sequence[JobRetry] = (),
+        include_stale: bool = True,
     ) -> list[Job]:
         """Claim up to ``batch_size`` jobs for ``queue_manager_id`` and log them ``picked``.
 
@@ -325,6 +326,8 @@ class Queries:
         per cycle, guarded as ``log_jobs(..., queue_manager_id=...)`` is; if
         the claim loses a seat race they are still recorded, by a separate
         statement. ``results`` (see :meth:`log_jobs`) are stored with them.
+        ``include_stale=False`` leaves stale re-picks to a later claim (the
+        worker looks for them every few seconds, see :meth:`Statements.dequeue`).
         """
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
@@ -342,7 +345,7 @@ class Queries:
         stored = _result_literals(results) if finish else {}
         query = self.statements.dequeue(
             capacity=registered["capacity"], budget=budget is not None,
-            finish=_steps(finish), results=bool(stored),
+            finish=_steps(finish), results=bool(stored), stale=include_stale,
         )
         params = {
             **finish,
@@ -373,6 +376,7 @@ class Queries:
             return self.dequeue(
                 batch_size, entrypoints, queue_manager_id, global_concurrency_limit,
                 heartbeat_timeout, completed=completed, retries=retries,
+                include_stale=include_stale,
             )
         return [Job.from_row(row) for row in rows]
 

@@ -124,6 +124,7 @@ logged AS (
         budget: bool,
         finish: tuple[str, ...] = (),
         results: bool = False,
+        stale: bool = True,
     ) -> sql.SQL:
         """Claim up to ``%(batch)s`` jobs in one statement.
 
@@ -136,6 +137,10 @@ logged AS (
         under-claim, never overshoot a limit.
         ``results`` (with ``finish``): also store results (the ``result_*``
         parameters) in the opt-in results table.
+        ``stale``: also re-pick picked jobs whose heartbeat is stale. That scan
+        walks the picked-heartbeat index, where every job finished since the
+        last VACUUM leaves a dead entry; callers run it every few seconds, not
+        on every claim.
         """
         parts = (
             [_finish(finish, guarded=True, results=results, final=False)] if finish else []
@@ -146,10 +151,12 @@ logged AS (
         if budget:
             parts.append(_BUDGET)
         parts.append(_FRESH_OPEN)
-        parts.append(_STALE)
-        branches = [_OPEN_BRANCH, _STALE_BRANCH]
+        branches = [_OPEN_BRANCH]
         if capacity:
-            branches.insert(1, _LIMITED_BRANCH)
+            branches.append(_LIMITED_BRANCH)
+        if stale:
+            parts.append(_STALE)
+            branches.append(_STALE_BRANCH)
         limit = "(SELECT headroom FROM my_load)" if budget else "%(batch)s"
         parts.append(_ELIGIBLE.format(branches=" UNION ALL ".join(branches), limit=limit))
         parts.append(_SEATED_CLAIM if capacity else _PLAIN_CLAIM)

@@ -703,7 +703,7 @@ def explain(
 ) -> str | None:
     """Which fault accounts for ``again`` re-running what ``first`` started, if any.
 
-    A SIGKILL of ``first``'s worker after ``first`` started; a SIGTERM of it
+    A SIGKILL of ``first``'s worker after (or as) ``first`` started; a SIGTERM of it
     with a hand-back row for the job (unless ``first`` started after that
     worker already knew it was stopping: then the repeat is the worker's doing,
     :data:`STARTED_AFTER_SHUTDOWN`); or a connection fault (terminated backends,
@@ -712,7 +712,9 @@ def explain(
     for fault in faults:
         if fault.pid != first.pid or fault.t0 > again.t:
             continue
-        if fault.kind == "sigkill" and first.t <= fault.t0:
+        # A killed process records nothing after it dies, but it may record a start
+        # in the instant between the kill being sent (t0) and taking effect.
+        if fault.kind == "sigkill" and first.t <= fault.t1 + MARGIN:
             return "sigkill"
         if fault.kind == "sigterm" and snap.handed_back(first.job, first.t, again.t):
             stopping = [t for t in shutdowns.get(first.pid, []) if fault.t0 <= t <= first.t]

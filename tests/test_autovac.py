@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgqueue_sync import cli_autovac
@@ -40,6 +38,7 @@ from pgqueue_sync.sql.autovac import (
 )
 
 from .test_cli import invoke, one_line_error, pgq_sync
+from .worker_helpers import login_role, wait_for
 
 #: What the apply must leave in pg_class.reloptions, spelled out (the constants'
 #: values as the server stores them), so a change of value is a visible change here.
@@ -265,14 +264,8 @@ def test_missing_schema_is_one_line(empty_dsn: str) -> None:
 @pytest.fixture
 def stranger(server_dsn: str, dsn: str) -> Iterator[str]:
     """A LOGIN role that owns nothing and has no grants (PUBLIC's defaults only)."""
-    name = f"pgqs_autovac_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-    try:
+    with login_role(server_dsn, "pgqs_autovac") as name:
         yield name
-    finally:
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def test_a_role_that_does_not_own_the_tables_gets_one_line_naming_the_owner(
@@ -312,13 +305,9 @@ def test_show_reports_dead_rows_and_changes_nothing(
     churn.execute("DELETE FROM pgqueuer WHERE id <= 2000")
     churn.commit()
     churn.close()  # a backend flushes its statistics when it exits
-    deadline = time.monotonic() + 15
-    while True:
-        data = show_json(dsn)
-        queue = data["tables"][0]
-        if queue["dead"] >= 4000 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    data = wait_for(lambda: (d := show_json(dsn))["tables"][0]["dead"] >= 4000 and d,
+                    timeout=15, interval=0.2, what="the dead rows counted")
+    queue = data["tables"][0]
     assert queue["table"] == "pgqueuer" and queue["found"] is True
     assert (queue["live"], queue["dead"]) == (1000, 4000)  # 2,000 updated, then deleted
     assert queue["last_autovacuum"] is None and queue["last_vacuum"] is None

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,7 +46,7 @@ from pgqueue_sync.applications import PgQueuer
 from pgqueue_sync.schema import Schema
 from pgqueue_sync.threads import IDLE, Ticker
 
-from .worker_helpers import make_pgq, pool_for, running, wait_for
+from .worker_helpers import login_role, make_pgq, pool_for, running, wait_for
 
 EVERY_SECOND = "* * * * * *"
 #: Heartbeats due every second (tick 0.25 s), statistics every ~0.3 s, an idle
@@ -403,18 +402,10 @@ def test_a_dropped_schema_gives_one_line_per_backoff_step_then_recovers(
 @pytest.fixture
 def worker_role(server_dsn: str, dsn: str) -> Iterator[str]:
     """A LOGIN role with every privilege on the (root-owned) queue tables and sequences."""
-    name = f"pgqs_noise_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-    try:
+    with login_role(server_dsn, "pgqs_noise", databases=[dsn]) as name:
         with psycopg.connect(dsn, autocommit=True) as conn:
             grant(conn, name, True)
         yield name
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def grant(conn: psycopg.Connection[Any], role: str, on: bool) -> None:

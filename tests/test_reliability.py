@@ -25,7 +25,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pgqueue_sync import (
     ConfigurationError,
@@ -42,7 +41,7 @@ from pgqueue_sync.cancellation import Context
 from pgqueue_sync.drivers import psycopg as psycopg_driver
 
 from .faults import PgProxy, terminate_backends
-from .worker_helpers import make_pgq, pool_for, running, wait_for
+from .worker_helpers import login_role, make_pgq, pool_for, running, wait_for
 
 #: Idle workers here wait this long for a poll: anything faster proves a wake-up.
 SLOW_POLL = {"dequeue_timeout": 30, "log_aggregation_interval": 0}
@@ -521,15 +520,8 @@ def test_a_worker_refuses_a_connection_in_a_transaction(dsn: str) -> None:
 
 @pytest.fixture
 def role_without_grants(server_dsn: str) -> Iterator[str]:
-    name = f"pgqs_nogrant_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-    try:
+    with login_role(server_dsn, "pgqs_nogrant", databases=[server_dsn]) as name:
         yield name
-    finally:
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def test_a_permanent_error_stops_a_drain_mode_worker(

@@ -10,7 +10,7 @@ role that does not own the table staying quiet after one line.
 from __future__ import annotations
 
 import logging
-import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -29,7 +29,7 @@ from pgqueue_sync.upkeep import (
     chores,
 )
 
-from .worker_helpers import make_pgq, pool_for
+from .worker_helpers import login_role, make_pgq, pool_for
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
 #: Whatever the server does (the embedded one runs autovacuum): this table opts
@@ -118,20 +118,14 @@ def test_upkeep_can_be_turned_off(dsn: str) -> None:
 
 
 @pytest.fixture
-def tenant(dsn: str) -> Any:
+def tenant(server_dsn: str, dsn: str) -> Iterator[str]:
     """A LOGIN role with full rights on the queue tables but not their owner."""
-    name = f"pgqs_upkeep_{uuid.uuid4().hex[:8]}"
-    role = sql.Identifier(name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
-        conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(role))
-        conn.execute(sql.SQL("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
-    try:
-        yield name
-    finally:
+    with login_role(server_dsn, "pgqs_upkeep", databases=[dsn]) as name:
+        role = sql.Identifier(name)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-            conn.execute(sql.SQL("DROP ROLE {}").format(role))
+            conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(role))
+            conn.execute(sql.SQL("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+        yield name
 
 
 def test_a_role_that_does_not_own_the_table_says_so_once(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from pgqueue_sync import DBSettings
@@ -69,3 +71,26 @@ def running(pgq: PgQueuer, **options: Any) -> Iterator[threading.Thread]:
 def make_pgq(pool: ConnectionPool[Any], **kwargs: Any) -> PgQueuer:
     """A facade over a pool with default object names."""
     return PgQueuer.from_psycopg_pool(pool, settings=DBSettings(), **kwargs)
+
+
+@contextlib.contextmanager
+def login_role(server_dsn: str, prefix: str, *, databases: Sequence[str] = ()) -> Iterator[str]:
+    """A new LOGIN role (trust auth: connect with ``user=<name>``), dropped afterwards.
+
+    ``databases``: DSNs of databases where the role may be granted things;
+    ``DROP OWNED BY`` runs in each before the role is dropped.
+    """
+    from psycopg import sql
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    role = sql.Identifier(name)
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    try:
+        yield name
+    finally:
+        for dsn in databases:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))

@@ -29,7 +29,7 @@ from pgqueue_sync.upkeep import (
     chores,
 )
 
-from .worker_helpers import login_role, make_pgq, pool_for
+from .worker_helpers import login_role, make_pgq, pool_for, running, wait_for
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
 #: Whatever the server does (the embedded one runs autovacuum): this table opts
@@ -98,8 +98,13 @@ def test_a_worker_analyzes_and_vacuums_a_deep_queue(dsn: str) -> None:
         with pool_for(dsn) as pool:
             pgq = make_pgq(pool)
             pgq.entrypoint("deep")(lambda job: None)
-            pgq.run(mode="drain", dequeue_timeout=0.5, batch_size=100)
-            assert pgq.qm.upkeep is not None and pgq.qm.upkeep.analyzed >= 1
+            # Continuous, not drain: a fast drain may end before the upkeep thread
+            # gets a connection on a loaded machine; the claim is about the worker.
+            with running(pgq, dequeue_timeout=0.5, batch_size=100):
+                wait_for(lambda: pgq.qm.upkeep is not None and pgq.qm.upkeep.analyzed >= 1,
+                         timeout=30, what="the worker analyzed the queue table")
+                wait_for(lambda: queries.queue_size() == [], timeout=60,
+                         what="the queue drained")
         after = queries.queue_table_health()
         assert after.analyzed is not None and after.reltuples >= 0
         assert queries.queue_size() == []

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from psycopg.types.json import Jsonb
 
@@ -64,6 +64,7 @@ from .types import (
 if TYPE_CHECKING:
     from .results import StoredResult
 
+_T = TypeVar("_T")
 logger = logging.getLogger(__name__)
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -1064,14 +1065,27 @@ def _registered_params(
 
 def _enqueue_params(rows: dict[str, list[Any]]) -> dict[str, str]:
     return {
-        "priority": int_array(rows["priority"]),
-        "entrypoint": text_array(rows["entrypoint"]),
-        "delay": _delay_array(rows["delay"]),
-        "at": text_array(None if a is None else a.isoformat() for a in rows["at"]),
-        "dedupe_key": text_array(rows["dedupe_key"]),
-        "payload": bytea_array(rows["payload"]),
-        "headers": _headers_array(rows["headers"]),
+        "priority": _array(rows["priority"], int_array),
+        "entrypoint": _array(rows["entrypoint"], text_array),
+        "delay": _array(rows["delay"], _delay_array),
+        "at": _array(rows["at"], _at_array),
+        "dedupe_key": _array(rows["dedupe_key"], text_array),
+        "payload": _array(rows["payload"], bytea_array),
+        "headers": _array(rows["headers"], _headers_array),
     }
+
+
+def _array(values: list[Any], render: Callable[[list[Any]], str]) -> str:
+    """``render(values)``; when every value is equal (a batch sharing one entrypoint,
+    priority or delay, or no headers), render one element and repeat its text."""
+    if len(values) > 1 and values.count(values[0]) == len(values):
+        element = render(values[:1])[1:-1]  # the literal without its braces
+        return "{" + ",".join([element] * len(values)) + "}"
+    return render(values)
+
+
+def _at_array(moments: list[datetime | None]) -> str:
+    return text_array(None if a is None else a.isoformat() for a in moments)
 
 
 def _delay_array(delays: list[timedelta]) -> str:
@@ -1115,14 +1129,28 @@ def _normalize_batch(
         k: list(v) if isinstance(v, list | tuple) else [v] * size for k, v in columns.items()
     }
     return {
-        "entrypoint": [_check_entrypoint(e) for e in full["entrypoint"]],
-        "payload": [_check_payload(p) for p in full["payload"]],
-        "priority": [_check_priority(p) for p in full["priority"]],
-        "delay": [_delay(e) for e in full["execute_after"]],
-        "at": [_at(e) for e in full["execute_after"]],
-        "dedupe_key": [_check_dedupe(d) for d in full["dedupe_key"]],
-        "headers": [_headers(h) for h in full["headers"]],
+        "entrypoint": _checked(full["entrypoint"], _check_entrypoint),
+        "payload": _checked(full["payload"], _check_payload),
+        "priority": _checked(full["priority"], _check_priority),
+        "delay": _checked(full["execute_after"], _delay),
+        "at": _checked(full["execute_after"], _at),
+        "dedupe_key": _checked(full["dedupe_key"], _check_dedupe),
+        "headers": _checked(full["headers"], _headers),
     }
+
+
+def _checked(values: list[Any], check: Callable[[Any], _T]) -> list[_T]:
+    """``[check(v) for v in values]``, checking each distinct object once: a batch
+    mostly repeats one entrypoint, priority, delay and ``None``. (The list holds
+    every value for the whole call, so an ``id()`` cannot be reused meanwhile.)"""
+    done: dict[int, _T] = {}
+    out = []
+    for value in values:
+        key = id(value)
+        if key not in done:
+            done[key] = check(value)
+        out.append(done[key])
+    return out
 
 
 def _check_entrypoint(value: object) -> str:

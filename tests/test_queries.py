@@ -101,6 +101,46 @@ def test_large_batch_is_one_statement(queries):
     assert queries.queue_size()[0].count == 10_000
 
 
+def test_batch_columns_keep_each_rows_value_when_some_repeat(queries, conn):
+    # A batch's repeated values are validated and rendered once; rows that differ
+    # must still get their own value, and equal-but-distinct objects the same one.
+    at = datetime(2030, 1, 1, 12, tzinfo=timezone.utc)
+    same_instant = datetime(2030, 1, 1, 13, tzinfo=timezone(timedelta(hours=1)))
+    ids = queries.enqueue(
+        ["a", "a", "b", "a"],
+        [b"p", b"p", None, b"q\\"],
+        priority=[5, 5, 5, -3],
+        execute_after=[at, same_instant, timedelta(seconds=30), None],
+        dedupe_key=[None, "k1", None, None],
+        headers=[{"x": 1}, {"x": 1}, None, {"y": [1, "\""]}],
+    )
+    rows = conn.execute(
+        "SELECT id, entrypoint, payload, priority, execute_after, dedupe_key, headers, "
+        "execute_after - NOW() AS wait FROM pgqueuer ORDER BY id"
+    ).fetchall()
+    assert [r[0] for r in rows] == ids
+    assert [r[1] for r in rows] == ["a", "a", "b", "a"]
+    assert [r[2] for r in rows] == [b"p", b"p", None, b"q\\"]
+    assert [r[3] for r in rows] == [5, 5, 5, -3]
+    assert rows[0][4] == rows[1][4] == at
+    assert timedelta(seconds=20) < rows[2][7] <= timedelta(seconds=30)
+    assert rows[3][7] <= timedelta(0)
+    assert [r[5] for r in rows] == [None, "k1", None, None]
+    assert [r[6] for r in rows] == [{"x": 1}, {"x": 1}, None, {"y": [1, '"']}]
+
+
+def test_uniform_batch_stores_one_value_for_every_row(queries, conn):
+    queries.enqueue(["u"] * 3, [b"z"] * 3, priority=7, execute_after=timedelta(hours=1),
+                    headers={"h": "v"})
+    rows = conn.execute(
+        "SELECT entrypoint, payload, priority, headers, execute_after - NOW() FROM pgqueuer"
+    ).fetchall()
+    assert len(rows) == 3
+    for entrypoint, payload, priority, headers, wait in rows:
+        assert (entrypoint, payload, priority, headers) == ("u", b"z", 7, {"h": "v"})
+        assert timedelta(minutes=59) < wait <= timedelta(hours=1)
+
+
 def test_dedupe_skip_returns_none_and_logs_only_inserted(queries):
     [first] = queries.enqueue("a", None, dedupe_key="k")
     result = queries.enqueue(

@@ -112,17 +112,24 @@ def _run_options(spec: dict[str, Any]) -> dict[str, Any]:
 # -- pgqueue_sync ----------------------------------------------------------------------------
 
 
-def _ours_app(dsn: str, handler: Callable[[Any], Any] | None, kind: str) -> tuple[Any, Any]:
+def _ours_app(dsn: str, handler: Callable[[Any], Any] | None, kind: str,
+              one_connection: bool = False) -> tuple[Any, Any]:
+    import psycopg
     from psycopg_pool import ConnectionPool
 
-    from pgqueue_sync import PgQueuer
+    from pgqueue_sync import PgQueuer, SyncPsycopgDriver
 
-    pool: ConnectionPool[Any] = ConnectionPool(
-        dsn, min_size=OURS_POOL_SIZE, max_size=OURS_POOL_SIZE,
-        kwargs={"autocommit": True}, open=True,
-    )
-    pool.wait()
-    pgq = PgQueuer.from_psycopg_pool(pool)
+    pool: Any
+    if one_connection:  # the README's one-connection form: PgQueuer(SyncPsycopgDriver(conn))
+        pool = psycopg.connect(dsn, autocommit=True)
+        pgq = PgQueuer(SyncPsycopgDriver(pool))
+    else:
+        pool = ConnectionPool(
+            dsn, min_size=OURS_POOL_SIZE, max_size=OURS_POOL_SIZE,
+            kwargs={"autocommit": True}, open=True,
+        )
+        pool.wait()
+        pgq = PgQueuer.from_psycopg_pool(pool)
     if handler is not None:
         if kind == "sync":
             pgq.entrypoint(ENTRYPOINT)(handler)
@@ -163,7 +170,8 @@ class Progress:
 
 def ours_drain(spec: dict[str, Any]) -> dict[str, Any]:
     progress = Progress(spec["jobs"])
-    pgq, pool = _ours_app(spec["dsn"], progress, spec["handler"])
+    pgq, pool = _ours_app(spec["dsn"], progress, spec["handler"],
+                          spec.get("one_connection", False))
     try:
         before, cpu = rss_mb(), cpu_seconds()
         start = time.perf_counter()

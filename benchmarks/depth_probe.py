@@ -1,13 +1,15 @@
 """Drain a deep backlog with one pgqueue_sync worker and print the rate per tenth.
 
-    python benchmarks/depth_probe.py [JOBS] [--no-upkeep]
+    python benchmarks/depth_probe.py [JOBS] [--no-upkeep] [--private-cluster]
 
 Fills JOBS queued no-op jobs (default 200,000) into a scratch database without
 ANALYZE or VACUUM, as an application enqueueing a burst would on a server with
 autovacuum off, then drains them with one worker on a pool of 4 connections at
 its defaults. Prints the rate of each tenth and overall; ``--no-upkeep`` runs
-the worker with ``queue_upkeep=False``. Checks that every job ran once and the
-queue is empty. See the depth section of ``benchmarks/README.md``.
+the worker with ``queue_upkeep=False``; ``--private-cluster`` runs it on a new
+private cluster with stock settings, autovacuum on (``benchmarks/cluster.py``).
+Checks that every job ran once and the queue is empty. See the depth section of
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from cluster import benchmark_server, settings_summary  # noqa: E402
 from common import scratch_database  # noqa: E402
 from psycopg_pool import ConnectionPool  # noqa: E402
 
@@ -72,8 +75,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("jobs", nargs="?", type=int, default=200_000)
     parser.add_argument("--no-upkeep", action="store_true")
+    parser.add_argument("--private-cluster", action="store_true",
+                        help="run on a new private cluster with stock settings (autovacuum on)")
     args = parser.parse_args()
-    with scratch_database() as dsn:
+    with benchmark_server(args.private_cluster) as server, scratch_database() as dsn:
+        print(settings_summary(server), file=sys.stderr, flush=True)
         fill(dsn, args.jobs)
         marks = drain(dsn, args.jobs, upkeep=not args.no_upkeep)
     for (done_a, at_a), (done_b, at_b) in zip(marks, marks[1:], strict=False):

@@ -574,7 +574,7 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
               help="Seconds to keep retrying an unreachable database at start before "
               "exiting.  [default: 60]")
 @click.option("--queue-upkeep/--no-queue-upkeep", default=None,
-              help="ANALYZE/VACUUM the queue table where autovacuum does not (owner "
+              help="ANALYZE/VACUUM the queue table where autovacuum falls behind (owner "
               "only).  [default: on]")
 @click.option("--shutdown-on-listener-failure", is_flag=True,
               help="Stop when the LISTEN connection fails its health check.")

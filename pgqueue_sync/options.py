@@ -46,7 +46,7 @@ WAIT_FOR_DATABASE = timedelta(seconds=60)
 #: of the shortest stale timeout): that scan steps over the dead entries of every
 #: job finished since the last VACUUM.
 STALE_CHECK_INTERVAL = timedelta(seconds=5)
-#: Workers ANALYZE/VACUUM the queue table where autovacuum does not (see upkeep.py).
+#: Workers ANALYZE/VACUUM the queue table where autovacuum falls behind (see upkeep.py).
 QUEUE_UPKEEP = True
 #: After the next picked job's stale time, wait this much longer before the
 #: rescuing claim (the claim's test is strict: heartbeat < NOW() - timeout).

@@ -109,7 +109,7 @@ def encode_result(job: Job, value: Any) -> StoredResult:
         text.encode("utf-8")  # lone surrogates would fail the whole write
     except Exception as exc:  # any failure of the user's value only loses the value
         return _unstorable(job, value, type(exc).__name__)
-    if _JSON_NUL.search(text):
+    if "\\u0000" in text and _JSON_NUL.search(text):  # the regex only where needed
         return _unstorable(job, value, "NUL character")
     return StoredResult(job, text)
 

@@ -18,9 +18,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgqueue_sync import DBSettings, Queries, SyncPsycopgDriver
+from pgqueue_sync import DBSettings, Queries, SyncPsycopgDriver, upkeep
 from pgqueue_sync.models import TableHealth
-from pgqueue_sync import upkeep
 from pgqueue_sync.upkeep import (
     ANALYZE_MIN_ROWS,
     GRACE,

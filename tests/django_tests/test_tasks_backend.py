@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,10 +27,12 @@ from pgqueue_sync.contrib.django._compat import (
 from pgqueue_sync.contrib.django.backend import (
     BackendOptions,
     PgQueueSyncBackend,
+    load_task,
     register_task_entrypoints,
 )
 from pgqueue_sync.contrib.django.conf import get_settings
 from pgqueue_sync.contrib.django.errors import DjangoConfigurationError
+from pgqueue_sync.contrib.django.task_store import TaskRecord
 
 from .helpers import drain_with_worker, worker_connect
 from .shop import tasks
@@ -347,3 +350,41 @@ def test_a_backend_on_a_database_the_worker_does_not_read_is_w101() -> None:
     [warning] = [m for m in messages if m.id == "pgqueue_sync.W101"]
     assert "'reports_db'" in warning.msg and "'default'" in warning.msg
     assert not [m for m in task_backends["default"].check() if m.id == "pgqueue_sync.W101"]
+
+
+# -- issue 13: what the worker resolves once per task ----------------------------------------
+
+
+def multiply(a: int, b: int) -> int:
+    return a * b
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_replaced_in_its_module_is_the_one_the_worker_runs(
+    committed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker builds each task once (its Task.using() copy); a module
+    # attribute replaced since (a reload) must be rebuilt, not served stale.
+    original = tasks.add
+    first = original.enqueue(2, 3)
+    run_worker()
+    assert original.get_result(first.id).return_value == 5
+
+    monkeypatch.setattr(tasks, "add", dataclasses.replace(original, func=multiply))
+    second = original.enqueue(2, 3)  # the same task path
+    run_worker()
+    assert task_backends["default"].get_result(second.id).return_value == 6
+
+
+def test_the_built_tasks_are_forgotten_when_tasks_settings_change() -> None:
+    record = TaskRecord(task_path="tests.django_tests.shop.tasks.add", args=[], kwargs={},
+                        backend="default", queue_name="default", priority=0, max_attempts=1,
+                        retry_delay=0.0)
+    built = load_task(record)
+    assert load_task(record) is built  # built once
+    # Task.using() validated it against the backend; new TASKS validate it anew.
+    emails_only = {"default": {"BACKEND": "pgqueue_sync.contrib.django.PgQueueSyncBackend",
+                               "QUEUES": ["emails"]}}
+    with override_settings(TASKS=emails_only), pytest.raises(InvalidTask, match="default"):
+        load_task(record)
+    assert load_task(record) == built

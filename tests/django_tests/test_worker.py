@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import django.db
 import pytest
 from django.db import connection, connections
 from django.test import override_settings
@@ -18,6 +18,7 @@ from pgqueue_sync.contrib.django import registry
 from pgqueue_sync.contrib.django._compat import TaskResultStatus
 from pgqueue_sync.contrib.django.conf import get_settings
 from pgqueue_sync.contrib.django.errors import DjangoConfigurationError
+from pgqueue_sync.contrib.django.registry import tidy_connections
 from pgqueue_sync.contrib.django.worker import (
     POOL_NAME,
     POOL_SPARE_CONNECTIONS,
@@ -121,40 +122,138 @@ def test_the_worker_connects_to_the_test_database() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_handler_threads_close_stale_connections_around_each_job(
-    client: Any, committed: None, declare: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+def test_each_job_finds_the_connection_of_the_job_before_closed(
+    committed: None, declare: Callable[..., Any]
 ) -> None:
-    events: list[tuple[str, str]] = []
+    # CONN_MAX_AGE is 0 here: as after a request, the connection a job opened
+    # is closed after it, and the next job in the same handler thread opens its own.
+    seen: list[tuple[str, bool, str]] = []
     lock = threading.Lock()
-    original = django.db.close_old_connections
-
-    def recording_close(**kwargs: Any) -> None:
-        with lock:
-            events.append(("close", threading.current_thread().name))
-        original(**kwargs)
 
     def probe(job: Any) -> None:
+        wrapper = connections["default"]
         with lock:
-            events.append(("probe", threading.current_thread().name))
-            events.append(("database", connections["default"].settings_dict["NAME"]))
+            seen.append((threading.current_thread().name, wrapper.connection is None,
+                         wrapper.settings_dict["NAME"]))
         Order.objects.filter(pk=int(job.payload)).update(sent=True)  # the ORM works here
 
-    monkeypatch.setattr(django.db, "close_old_connections", recording_close)
     declare("tests.probe")(probe)
-    order = Order.objects.create(email="p@example.com")
+    orders = [Order.objects.create(email=f"p{i}@example.com") for i in range(3)]
     from pgqueue_sync.contrib.django import enqueue
 
-    enqueue("tests.probe", str(order.pk).encode())
+    for order in orders:
+        enqueue("tests.probe", str(order.pk).encode())
 
-    drain("--entrypoint", "tests.probe", "--no-tasks")
+    drain("--entrypoint", "tests.probe", "--no-tasks", concurrency=1)
 
-    order.refresh_from_db()
-    assert order.sent
-    handler = next(name for kind, name in events if kind == "probe")
-    assert handler != threading.current_thread().name
-    in_handler = [kind for kind, name in events if name == handler]
-    assert in_handler == ["close", "probe", "close"]
-    assert ("database", connection.settings_dict["NAME"]) in events
+    assert Order.objects.filter(sent=True).count() == 3
+    assert len(seen) == 3
+    assert len({name for name, _, _ in seen}) == 1  # one handler thread ran them all
+    assert seen[0][0] != threading.current_thread().name
+    assert all(closed for _, closed, _ in seen)
+    assert {database for _, _, database in seen} == {connection.settings_dict["NAME"]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_task_finds_the_connection_of_the_task_before_closed(committed: None) -> None:
+    results = [tasks.connection_state.enqueue() for _ in range(3)]
+
+    drain("--no-entrypoints", "--no-schedules", concurrency=1)
+
+    values = []
+    for result in results:
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL
+        values.append(result.return_value)
+    assert len({value["thread"] for value in values}) == 1
+    assert all(value["closed_at_start"] for value in values)
+    assert {value["database"] for value in values} == {connection.settings_dict["NAME"]}
+
+
+def in_new_thread(body: Callable[[], Any]) -> Any:
+    """``body()`` in a fresh thread (as a handler thread starts); its connections closed after."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = body()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(30)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tidying_after_a_job_closes_its_connection_and_clears_the_query_log() -> None:
+    def handler_thread() -> tuple[bool, int]:
+        wrapper = connections["default"]
+        tidy_connections()  # before the first job: nothing is open
+        wrapper.force_debug_cursor = True
+        Order.objects.exists()  # the job
+        assert wrapper.connection is not None and len(wrapper.queries_log) == 1
+        tidy_connections(after_job=True)  # CONN_MAX_AGE = 0: closed, as after a request
+        return wrapper.connection is None, len(wrapper.queries_log)
+
+    assert in_new_thread(handler_thread) == (True, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_opened_between_jobs_is_checked_before_the_next_job() -> None:
+    # The pass before a job is skipped while the thread has opened no connection
+    # since the last pass found none: other code opening one must end that.
+    def handler_thread() -> bool:
+        wrapper = connections["default"]
+        tidy_connections(after_job=True)  # the job before left nothing open
+        tidy_connections()
+        Order.objects.exists()  # between jobs, other code of the thread connects
+        assert wrapper.connection is not None
+        tidy_connections()  # before the next job: past CONN_MAX_AGE (0), so closed
+        return wrapper.connection is None
+
+    assert in_new_thread(handler_thread)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kept_connection_the_server_dropped_between_jobs_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if connection.settings_dict["OPTIONS"].get("pool"):
+        pytest.skip("Django's pool allows no persistent connections (CONN_MAX_AGE must be 0)")
+    # Persistent connections with health checks: the passes around each job
+    # re-arm the check, so the next job's first query finds the dead connection
+    # and reconnects instead of failing.
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", None)
+    monkeypatch.setitem(connection.settings_dict, "CONN_HEALTH_CHECKS", True)
+
+    def handler_thread() -> tuple[int, int]:
+        wrapper = connections["default"]
+        tidy_connections()
+        Order.objects.exists()  # job 1: its connection is kept
+        tidy_connections(after_job=True)
+        assert wrapper.connection is not None
+        dropped = wrapper.connection.info.backend_pid
+        with worker_connect() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [dropped])
+            for _ in range(100):
+                if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                     [dropped]).fetchone():
+                    break
+                time.sleep(0.05)
+        tidy_connections()
+        Order.objects.exists()  # job 2 works
+        replaced = wrapper.connection.info.backend_pid
+        tidy_connections(after_job=True)
+        return dropped, replaced
+
+    dropped, replaced = in_new_thread(handler_thread)
+    assert replaced != dropped
 
 
 @pytest.mark.django_db(transaction=True)

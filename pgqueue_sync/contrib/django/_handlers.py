@@ -73,7 +73,7 @@ class Handlers:
         if job.entrypoint in self.tasks:
             from .task_runner import run_task_job
 
-            # Not DjangoTaskExecutor.execute: its close_old_connections() would
+            # Not DjangoTaskExecutor.execute: its tidy_connections() would
             # close the test's connection inside its transaction.
             return run_task_job(job)
         executor = self._registry[job.entrypoint].executor

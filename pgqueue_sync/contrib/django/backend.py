@@ -22,12 +22,15 @@ execution.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -322,16 +325,47 @@ class PgQueueSyncBackend(BaseTaskBackend):
         )]
 
 
+#: How many built tasks :func:`load_task` keeps before it starts over.
+TASK_CACHE_SIZE = 1024
+# (path, priority, queue, backend alias) -> (the imported Task, the Task .using() them)
+_tasks: dict[tuple[str, int, str, str], tuple[Any, Any]] = {}
+_tasks_lock = threading.Lock()
+
+
 def load_task(record: TaskRecord, backend_alias: str | None = None) -> Any:
     """Import the ``Task`` a record names, with the record's queue, priority and backend.
 
     Raises ``ImportError`` or ``TypeError`` (not a ``Task``) with the path.
+    Each distinct (path, queue, priority, backend) is built once:
+    ``Task.using()`` copies and validates the task against its backend, which
+    is the bulk of the cost. The path is still imported on every call (a
+    module-cache lookup) and an entry serves only while it was built from that
+    very object, so a replaced or reloaded task is rebuilt; a change of
+    ``TASKS`` empties the cache.
     """
     task = import_string(record.task_path)
+    backend = backend_alias or record.backend
+    key = (record.task_path, record.priority, record.queue_name, backend)
+    cached = _tasks.get(key)
+    if cached is not None and cached[0] is task:
+        return cached[1]
     if not isinstance(task, Task):
         raise TypeError(f"{record.task_path} is a {type(task).__name__}, not a Django Task")
-    return task.using(priority=record.priority, queue_name=record.queue_name,
-                      backend=backend_alias or record.backend)
+    used = task.using(priority=record.priority, queue_name=record.queue_name, backend=backend)
+    with _tasks_lock:
+        if len(_tasks) >= TASK_CACHE_SIZE:
+            _tasks.clear()  # records vary by priority: keep the cache bounded
+        _tasks[key] = (task, used)
+    return used
+
+
+@receiver(setting_changed, dispatch_uid="pgqueue_sync.contrib.django.forget_tasks")
+def forget_tasks(*, setting: str, **kwargs: Any) -> None:
+    """Empty :func:`load_task`'s cache when ``TASKS`` changes (its tasks were
+    validated against the backends it configured)."""
+    if setting == "TASKS":
+        with _tasks_lock:
+            _tasks.clear()
 
 
 def our_backends() -> dict[str, PgQueueSyncBackend]:

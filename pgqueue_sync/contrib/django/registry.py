@@ -18,12 +18,11 @@ failing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ...errors import ConfigurationError
@@ -103,32 +102,78 @@ def clear() -> None:
 def with_django_hygiene(func: F) -> F:
     """Wrap a sync handler so Django's stale connections close around each call.
 
-    Runs ``close_old_connections()`` before and after the call in the calling
-    (handler) thread, as Django does around each request, and clears the
-    debug query log. ``async def`` functions are returned unchanged.
+    Closes this thread's unusable or obsolete Django connections before and
+    after the call (what ``close_old_connections()`` does around each
+    request) and clears the debug query log after it; see
+    :func:`tidy_connections`. ``async def`` functions are returned unchanged.
     """
     if inspect.iscoroutinefunction(func):
         return func
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with connection_hygiene():
+        tidy_connections()
+        try:
             return func(*args, **kwargs)
+        finally:
+            tidy_connections(after_job=True)
 
     return wrapper  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def connection_hygiene() -> Iterator[None]:
-    """Close this thread's stale Django connections around a job, as around a request."""
-    from django.db import close_old_connections, reset_queries
+def tidy_connections(*, after_job: bool = False) -> None:
+    """Django's per-request connection care, for this thread, before or after one job.
 
-    close_old_connections()
-    try:
-        yield
-    finally:
-        reset_queries()
-        close_old_connections()
+    For every Django connection this thread has initialised it does what
+    ``close_old_connections()`` does (``close_if_unusable_or_obsolete()``:
+    drop a connection left out of autocommit, one whose errors make it
+    unusable, or one past ``CONN_MAX_AGE``; and re-arm ``CONN_HEALTH_CHECKS``
+    for the next use) and, ``after_job``, what ``reset_queries()`` does (clear
+    the debug query log), in one pass.
+
+    The pass after a job always runs. The one before a job is skipped when
+    the last pass in this thread left no connection open and Django's
+    ``connection_created`` signal has not said the thread opened one since:
+    then every connection of the thread is closed, with nothing to check or
+    drop. A connection kept open (``CONN_MAX_AGE``), or opened between jobs
+    by other code of the thread, is checked before the next job as well.
+    """
+    if not after_job and getattr(_thread, "idle", False):
+        return
+    if not _watching:
+        _watch_connections()
+    from django.db import connections
+
+    open_left = False
+    for connection in connections.all(initialized_only=True):
+        if after_job:
+            connection.queries_log.clear()
+        connection.close_if_unusable_or_obsolete()
+        open_left = open_left or connection.connection is not None
+    _thread.idle = not open_left
+
+
+# Per thread: ``idle`` is True while no Django connection has been opened in
+# the thread since a tidy pass left none open.
+_thread = threading.local()
+_watching = False
+
+
+def _watch_connections() -> None:
+    """Connect the ``connection_created`` receiver (once; before the first pass
+    relies on it)."""
+    global _watching
+    from django.db.backends.signals import connection_created
+
+    with _lock:
+        if not _watching:
+            connection_created.connect(_opened, dispatch_uid="pgqueue_sync.tidy_connections")
+            _watching = True
+
+
+def _opened(**kwargs: Any) -> None:
+    # Sent by DatabaseWrapper.connect() in the thread that connects.
+    _thread.idle = False
 
 
 def _check_free(existing: Declaration | None, new: Declaration, what: str) -> None:

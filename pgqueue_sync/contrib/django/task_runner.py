@@ -13,16 +13,28 @@ entrypoint. For each job, in the handler thread, it:
    allows (the result goes back to READY), else marks it FAILED, sends
    ``task_finished`` and lets the worker log the exception.
 
-Django's stale connections are closed before and after every job.
+Django's stale connections are closed before and after every job
+(:func:`~.registry.tidy_connections`).
+
+A first run executes no statement of its own: the outcome, the return value
+and the record ride in the worker's batched outcome write (a re-run reads
+its history first). What does not change from job to job is resolved once:
+the ``Task`` a record names, per task, queue, priority and backend
+(:func:`~.backend.load_task`), and the ``TASKS`` backend, per thread as
+Django keeps it; both are forgotten when ``TASKS`` changes.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import traceback
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils import timezone
 
 from ...cancellation import Context
@@ -39,8 +51,9 @@ from ._compat import (
     task_finished,
     task_started,
 )
+from .backend import PgQueueSyncBackend, load_task
 from .errors import DjangoConfigurationError
-from .registry import connection_hygiene
+from .registry import tidy_connections
 from .task_store import RECORD_KEY, RETURN_KEY, TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -54,10 +67,18 @@ def django_task(job: Job) -> None:
 class DjangoTaskExecutor(AbstractEntrypointExecutor):
     """Runs Django-task jobs (sync: one handler thread per job). Thread-safe."""
 
+    @property
+    def is_async(self) -> bool:
+        """Always False: ``async def`` tasks too run in a handler thread (``async_to_sync``)."""
+        return False
+
     def execute(self, job: Job, context: Context) -> Any:
         """Run the job's task; returns what the results table keeps (record and value)."""
-        with connection_hygiene():
+        tidy_connections()
+        try:
             return run_task_job(job)
+        finally:
+            tidy_connections(after_job=True)
 
 
 def run_task_job(job: Job) -> dict[str, Any]:
@@ -91,14 +112,29 @@ def run_task_job(job: Job) -> dict[str, Any]:
 
 def _backend_for(job: Job, record: TaskRecord) -> Any:
     """The ``TASKS`` backend the job was enqueued through; a clear error if this
-    worker does not have it (the job fails at once: no retry can add an alias)."""
-    from .backend import PgQueueSyncBackend
+    worker does not have it (the job fails at once: no retry can add an alias).
 
-    known = sorted(getattr(settings, "TASKS", None) or {})
-    if record.backend not in known:
+    Django keeps one backend instance per alias and thread; so does this
+    thread's cache of them, emptied when ``TASKS`` changes (as Django's is).
+    """
+    cached: tuple[int, dict[str, Any]] | None = getattr(_thread, "backends", None)
+    if cached is not None and cached[0] == _generation:
+        backend = cached[1].get(record.backend)
+        if backend is not None:
+            return backend
+    else:
+        cached = _thread.backends = (_generation, {})
+    backend = cached[1][record.backend] = _configured_backend(job, record)
+    return backend
+
+
+def _configured_backend(job: Job, record: TaskRecord) -> Any:
+    configured = getattr(settings, "TASKS", None) or {}
+    if record.backend not in configured:
+        known = ", ".join(sorted(configured)) or "none"
         raise DjangoConfigurationError(
             f"task job {job.id} was enqueued through TASKS alias {record.backend!r}, which "
-            f"this worker's settings do not define (they have: {', '.join(known) or 'none'}); "
+            f"this worker's settings do not define (they have: {known}); "
             "run the worker with the settings of the project that enqueued it"
         )
     backend = task_backends[record.backend]
@@ -110,12 +146,22 @@ def _backend_for(job: Job, record: TaskRecord) -> Any:
     return backend
 
 
-def _running_result(job: Job, record: TaskRecord, backend: Any) -> Any:
-    from .backend import load_task
+# Per thread: ``backends``, (the TASKS generation, {alias: backend instance}).
+_thread = threading.local()
+_generation = 0
 
+
+@receiver(setting_changed, dispatch_uid="pgqueue_sync.contrib.django.task_backends")
+def _tasks_changed(*, setting: str, **kwargs: Any) -> None:
+    global _generation
+    if setting == "TASKS":
+        _generation += 1
+
+
+def _running_result(job: Job, record: TaskRecord, backend: Any) -> Any:
     now = timezone.now()
     earlier = _earlier(job, backend)
-    worker = str(job.queue_manager_id) if job.queue_manager_id else "unknown"
+    worker = _worker_id(job.queue_manager_id)
     return TaskResult(
         task=load_task(record, backend.alias), id=str(job.id), status=TaskResultStatus.RUNNING,
         enqueued_at=earlier.enqueued_at if earlier else job.created,
@@ -125,6 +171,12 @@ def _running_result(job: Job, record: TaskRecord, backend: Any) -> Any:
         # The tables already count this run's pick among the earlier result's attempts.
         worker_ids=[*(earlier.worker_ids[:-1] if earlier else []), worker],
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _worker_id(queue_manager_id: Any) -> str:
+    # One worker id per process, as text: computed once, not per job.
+    return str(queue_manager_id) if queue_manager_id else "unknown"
 
 
 def _earlier(job: Job, backend: Any) -> Any:

@@ -59,8 +59,17 @@ class TaskRecord:
     retry_delay: float
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object stored as payload and in the results table."""
-        return {"v": RECORD_VERSION, **dataclasses.asdict(self)}
+        """The JSON object stored as payload and in the results table.
+
+        A shallow ``dataclasses.asdict`` (that one deep-copies the arguments,
+        which cost more than the rest of a no-op task's run): it shares
+        ``args`` and ``kwargs`` with the record, which nothing mutates (the
+        task gets the copies ``TaskResult`` makes), and callers serialise it.
+        """
+        data: dict[str, Any] = {"v": RECORD_VERSION}
+        for name in _RECORD_FIELDS:
+            data[name] = getattr(self, name)
+        return data
 
     def to_payload(self) -> bytes:
         """The job payload: the record as compact UTF-8 JSON."""
@@ -84,9 +93,13 @@ class TaskRecord:
     def from_payload(cls, payload: bytes | None) -> TaskRecord:
         """Parse a job payload; raises ``ValueError`` when it is not a task record."""
         try:
-            return cls.from_json(json.loads(payload or b""))
+            # Decoded first: json.loads() of bytes sniffs the encoding (UTF-8 here).
+            return cls.from_json(json.loads(payload.decode() if payload else ""))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a Django task record ({exc!r})") from None
+
+
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(TaskRecord))
 
 
 @dataclasses.dataclass(frozen=True)

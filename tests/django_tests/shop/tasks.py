@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
+from django.db import connections
+
 from pgqueue_sync import Job
 from pgqueue_sync.contrib.django import entrypoint
 from pgqueue_sync.contrib.django._compat import task
@@ -51,3 +55,12 @@ def flaky(context) -> int:
 @task(max_attempts=2, retry_delay=0)
 def always_fails() -> None:
     raise KeyError("never works")
+
+
+@task
+def connection_state() -> dict:
+    """Whether this thread's connection was closed when the task started; then uses it."""
+    closed = connections["default"].connection is None
+    Order.objects.exists()
+    return {"closed_at_start": closed, "thread": threading.current_thread().name,
+            "database": connections["default"].settings_dict["NAME"]}

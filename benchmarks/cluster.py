@@ -238,17 +238,17 @@ def _signals_ignored() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def benchmark_server(private: bool) -> Iterator[str]:
+def benchmark_server(private: bool, settings: dict[str, str] | None = None) -> Iterator[str]:
     """The server DSN to benchmark against: with ``private``, a new private cluster that
     is also set as ``PGQUEUE_SYNC_BENCH_DSN`` while inside (so ``common.server_dsn`` and
     ``common.scratch_database`` use it, in this process and in the children it starts);
-    otherwise ``common.server_dsn()``."""
+    otherwise ``common.server_dsn()``. ``settings`` go to :func:`private_cluster`."""
     if not private:
         from common import server_dsn
 
         yield server_dsn()
         return
-    with private_cluster() as dsn:
+    with private_cluster(settings=settings) as dsn:
         previous = os.environ.get(BENCH_DSN_VAR)
         os.environ[BENCH_DSN_VAR] = dsn
         try:

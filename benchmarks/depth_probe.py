@@ -43,7 +43,8 @@ def fill(dsn: str, jobs: int) -> None:
             queries.enqueue(["probe"] * count, [b"x" * 32] * count)
 
 
-def drain(dsn: str, jobs: int, *, upkeep: bool) -> list[tuple[int, float]]:
+def drain(dsn: str, jobs: int, *, upkeep: bool, aggregation: bool = True,
+          ) -> list[tuple[int, float]]:
     """Drain and return (jobs done, perf_counter) marks: the start and every tenth."""
     seen: set[int] = set()
     marks: list[tuple[int, float]] = []
@@ -61,7 +62,8 @@ def drain(dsn: str, jobs: int, *, upkeep: bool) -> list[tuple[int, float]]:
         pgq = PgQueuer.from_psycopg_pool(pool, settings=DBSettings())
         pgq.entrypoint("probe")(handler)
         marks.append((0, time.perf_counter()))
-        pgq.run(mode="drain", dequeue_timeout=1.0, queue_upkeep=upkeep)
+        pgq.run(mode="drain", dequeue_timeout=1.0, queue_upkeep=upkeep,
+                **({} if aggregation else {"log_aggregation_interval": None}))
         end = time.perf_counter()
         left = pgq.queries.queue_size()
     if len(seen) != jobs or left:
@@ -75,13 +77,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("jobs", nargs="?", type=int, default=200_000)
     parser.add_argument("--no-upkeep", action="store_true")
+    parser.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --private-cluster, a postgresql.conf line (repeatable), "
+                             "e.g. shared_buffers=1GB")
+    parser.add_argument("--no-aggregation", action="store_true",
+                        help="do not fold the log into statistics (to see what that costs)")
     parser.add_argument("--private-cluster", action="store_true",
                         help="run on a new private cluster with stock settings (autovacuum on)")
     args = parser.parse_args()
-    with benchmark_server(args.private_cluster) as server, scratch_database() as dsn:
+    settings = dict(item.split("=", 1) for item in args.pg_setting)
+    server_settings = benchmark_server(args.private_cluster, settings or None)
+    with server_settings as server, scratch_database() as dsn:
         print(settings_summary(server), file=sys.stderr, flush=True)
         fill(dsn, args.jobs)
-        marks = drain(dsn, args.jobs, upkeep=not args.no_upkeep)
+        marks = drain(dsn, args.jobs, upkeep=not args.no_upkeep,
+                      aggregation=not args.no_aggregation)
     for (done_a, at_a), (done_b, at_b) in zip(marks, marks[1:], strict=False):
         print(f"{done_b:>9,} jobs: {(done_b - done_a) / (at_b - at_a):>8,.0f} jobs/s")
     total = marks[-1][1] - marks[0][1]

@@ -65,6 +65,9 @@ if TYPE_CHECKING:
     from .results import StoredResult
 
 _T = TypeVar("_T")
+#: Log rows folded into statistics per transaction, and transactions per call.
+AGGREGATE_CHUNK = 20_000
+AGGREGATE_MAX_CHUNKS = 100
 logger = logging.getLogger(__name__)
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -757,10 +760,19 @@ class Queries:
         """Fold new log rows into statistics, skipping if another process holds the lock.
 
         Uses PgQueuer's advisory-lock key, so sync and async workers never count
-        a log row twice.
+        a log row twice. Folds at most :data:`AGGREGATE_CHUNK` rows per
+        transaction and :data:`AGGREGATE_MAX_CHUNKS` transactions per call (the
+        rest waits for the next call): a deep drain leaves millions of log rows,
+        and folding them in one transaction took over 20 s, during which
+        VACUUM could not remove the queue table's dead rows.
         """
-        params = {"lock_key": self.settings.qualified_text("statistics_table")}
-        self.driver.execute(self.statements.aggregate_logs(locked=True), params)
+        params = {"lock_key": self.settings.qualified_text("statistics_table"),
+                  "chunk": AGGREGATE_CHUNK}
+        query = self.statements.aggregate_logs(locked=True)
+        for _ in range(AGGREGATE_MAX_CHUNKS):
+            rows = self.driver.fetch(query, params)
+            if not rows or rows[0]["flipped"] < AGGREGATE_CHUNK:
+                return  # all folded, or another process holds the lock
 
     def log_statistics(
         self, tail: int | None = None, last: timedelta | None = None, *, limit: int | None = None

@@ -492,25 +492,34 @@ SELECT id, 'deleted', entrypoint, priority FROM gone
         """Fold unaggregated log rows into per-second statistics buckets.
 
         ``locked``: only proceed when ``pg_try_advisory_xact_lock`` on PgQueuer's
-        key succeeds, so concurrent workers (sync or async) never double count.
+        key succeeds, so concurrent workers (sync or async) never double count;
+        and fold at most ``%(chunk)s`` rows, returning how many (``flipped``), so
+        a backlog of log rows is folded in short transactions: one long one
+        would keep VACUUM from removing the queue's dead rows meanwhile.
         """
         gate = "pg_try_advisory_xact_lock(hashtext(%(lock_key)s))" if locked else "TRUE"
+        chosen = ("l.id IN (SELECT n.id FROM {log} n WHERE NOT n.aggregated LIMIT %(chunk)s)"
+                  if locked else "TRUE")
         return self._sql("""
 WITH gate AS (SELECT """ + gate + """ AS go),
 flipped AS (
     UPDATE {log} l SET aggregated = TRUE
     FROM gate
-    WHERE gate.go AND NOT l.aggregated
+    WHERE gate.go AND NOT l.aggregated AND """ + chosen + """
     RETURNING l.entrypoint, l.priority, l.status, date_trunc('sec', l.created) AS created
 ),
 buckets AS (
     SELECT count(*) AS count, created, entrypoint, priority, status
     FROM flipped GROUP BY created, entrypoint, priority, status
+),
+stored AS (
+    INSERT INTO {stats} AS s (count, created, entrypoint, priority, status)
+    SELECT count, created, entrypoint, priority, status FROM buckets
+    ON CONFLICT (priority, date_trunc('sec'::text, timezone('UTC'::text, created)), status,
+                 entrypoint)
+    DO UPDATE SET count = s.count + EXCLUDED.count
 )
-INSERT INTO {stats} AS s (count, created, entrypoint, priority, status)
-SELECT count, created, entrypoint, priority, status FROM buckets
-ON CONFLICT (priority, date_trunc('sec'::text, timezone('UTC'::text, created)), status, entrypoint)
-DO UPDATE SET count = s.count + EXCLUDED.count
+SELECT count(*) AS flipped FROM flipped
 """)
 
     @functools.cached_property

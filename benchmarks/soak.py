@@ -96,6 +96,8 @@ STOP_TIMEOUT = 60.0
 TARGET_THROUGHPUT = 0.90
 TARGET_RSS_GROWTH_MB = 5.0
 BOUNDED_FACTOR = 1.5
+#: "Keeps up": at most this many seconds of the producer's jobs due and not started.
+KEEP_UP_S = 5.0
 
 
 class SoakError(RuntimeError):
@@ -741,6 +743,15 @@ def verdicts(args: argparse.Namespace, samples: list[dict[str, Any]], log_check:
         "throughput, last minute / first minute", ratio >= TARGET_THROUGHPUT,
         f"{last['finished']:,} / {first['finished']:,} jobs = {ratio * 100:.1f} %  "
         f"(target >= {TARGET_THROUGHPUT * 100:.0f} %)",
+    ))
+
+    # The throughput check compares the worker with itself; this one says whether it
+    # kept up with the producer: at most KEEP_UP_S seconds' worth of jobs due and waiting.
+    due = last["db"]["rows"]["due"]
+    allowed = last["enqueued"] / 60 * KEEP_UP_S
+    found.append((
+        "keeps up: jobs due and waiting at the end of the last minute", due <= allowed,
+        f"{due:,} due (target <= {allowed:,.0f}, {KEEP_UP_S:.0f} s of the producer's rate)",
     ))
 
     growth = (last["rss_mb"] or 0.0) - (first["rss_mb"] or 0.0)

@@ -23,9 +23,10 @@ fifth while autovacuum had not come back).
 Every :data:`INTERVAL` a worker reads the table's counters (one cheap query).
 It runs ``ANALYZE`` where autovacuum is off or has not analyzed within
 :data:`GRACE`, and ``VACUUM`` whenever enough rows are dead, whatever
-autovacuum does, at most every :data:`VACUUM_MIN_GAP`. A VACUUM that removed
-little (an old open transaction still sees the rows) doubles that gap, up to
-:data:`GRACE`, so a worker does not rescan the table every few seconds in vain.
+autovacuum does (at most once a tick). A VACUUM that removed little (an old
+open transaction still sees the rows) makes it wait :data:`VACUUM_BACKOFF`
+before the next, doubling up to :data:`GRACE`, so a worker does not rescan the
+table every few seconds in vain.
 Both run with ``SKIP_LOCKED``, so workers never queue up behind each other or
 behind autovacuum. Only the table's owner may do either; a worker that is not
 says so once (with the fix) and stops trying. ``run(queue_upkeep=False)`` turns
@@ -61,8 +62,9 @@ VACUUM_FRACTION = 0.1
 #: With autovacuum on, ANALYZE only when it has not analyzed for this long; also
 #: the longest gap between VACUUMs that keep removing little.
 GRACE = timedelta(minutes=2)
-#: Shortest gap between a worker's VACUUMs of the queue table (seconds).
-VACUUM_MIN_GAP = 10.0
+#: After a VACUUM that removed little, wait this long (seconds) before the next;
+#: each further such VACUUM doubles the wait, up to GRACE.
+VACUUM_BACKOFF = 10.0
 #: A VACUUM that leaves more than this share of the dead rows it found "removed little".
 FUTILE_SHARE = 0.5
 
@@ -98,7 +100,7 @@ class QueueUpkeep:
         self.analyzed = 0
         self.vacuumed = 0
         self._given_up = False
-        self._vacuum_gap = VACUUM_MIN_GAP
+        self._vacuum_gap = 0.0
         self._next_vacuum = 0.0  # time.monotonic() of the earliest next VACUUM
 
     def __call__(self) -> Idle | None:
@@ -138,10 +140,11 @@ class QueueUpkeep:
         """Set the earliest next VACUUM: soon if this one removed the dead rows,
         later and later while it cannot (an old transaction still sees them)."""
         if after > FUTILE_SHARE * before:
-            self._vacuum_gap = min(self._vacuum_gap * 2, GRACE.total_seconds())
+            self._vacuum_gap = min(max(self._vacuum_gap * 2, VACUUM_BACKOFF),
+                                   GRACE.total_seconds())
             logger.debug("queue upkeep: VACUUM left %d of %d dead rows; next in %.0fs",
                          after, before, self._vacuum_gap)
         else:
-            self._vacuum_gap = VACUUM_MIN_GAP
+            self._vacuum_gap = 0.0
             logger.debug("queue upkeep: vacuumed (%d dead rows)", before)
         self._next_vacuum = time.monotonic() + self._vacuum_gap

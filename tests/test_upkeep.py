@@ -23,7 +23,7 @@ from pgqueue_sync.models import TableHealth
 from pgqueue_sync.upkeep import (
     ANALYZE_MIN_ROWS,
     GRACE,
-    VACUUM_MIN_GAP,
+    VACUUM_BACKOFF,
     VACUUM_MIN_ROWS,
     Chores,
     QueueUpkeep,
@@ -179,14 +179,14 @@ def test_vacuums_are_spaced_and_back_off_while_they_remove_nothing(
         assert queries.queue_table_health().dead >= VACUUM_MIN_ROWS  # still there
         keeper()
         assert keeper.vacuumed == 1, "a futile VACUUM must not be repeated at once"
-        assert keeper._vacuum_gap == 2 * VACUUM_MIN_GAP
+        assert keeper._vacuum_gap == VACUUM_BACKOFF
         old.rollback()  # the snapshot is gone: the next VACUUM can remove them
 
         monkeypatch.setattr(upkeep.time, "monotonic", lambda: keeper._next_vacuum + 1)
         keeper()
         assert keeper.vacuumed == 2
         assert queries.queue_table_health().dead < VACUUM_MIN_ROWS
-        assert keeper._vacuum_gap == VACUUM_MIN_GAP  # it worked: back to the short gap
+        assert keeper._vacuum_gap == 0  # it worked: the next tick may vacuum again
 
 
 def test_a_worker_vacuums_even_where_autovacuum_is_on(dsn: str) -> None:

@@ -406,7 +406,7 @@ def test_a_listener_that_fails_its_health_probe_is_reconnected(
 def test_a_worker_on_one_connection_recovers_after_it_is_killed(
     dsn: str, queries: Queries, conn: psycopg.Connection[Any]
 ) -> None:
-    """The README's first example (one ``SyncPsycopgDriver`` connection): its backend
+    """A worker on one ``SyncPsycopgDriver`` connection (for scripts and tests): its backend
     (and the listener's) is terminated; the driver reconnects and the worker runs
     the next job."""
     done = threading.Event()
@@ -635,7 +635,7 @@ def test_a_worker_resumes_within_seconds_of_a_server_restart(
 ) -> None:
     """The server restarts (fast shutdown) or crashes (SIGKILL, then crash recovery)
     under an idle worker; once it is back, a new job runs within seconds, with a
-    pool and with the README's single connection alike."""
+    pool and with a single connection alike."""
     done = threading.Event()
     stack: list[Callable[[], None]] = []
     try:

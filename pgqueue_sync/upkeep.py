@@ -92,6 +92,12 @@ def chores(health: TableHealth, *, grace: timedelta = GRACE) -> Chores:
     return Chores(analyze=stale and ours, vacuum=dead)
 
 
+def _autovacuum_absent(health: TableHealth, grace: timedelta = GRACE) -> bool:
+    """Autovacuum is off for the table, or has not vacuumed it within ``grace``."""
+    last = health.vacuumed
+    return not health.autovacuum or last is None or health.now - last > grace
+
+
 class QueueUpkeep:
     """The upkeep tick of one worker: call it every :data:`INTERVAL` seconds."""
 
@@ -113,6 +119,9 @@ class QueueUpkeep:
         if not todo:
             return IDLE
         if not health.owner:
+            if not (todo.analyze or _autovacuum_absent(health)):
+                # Dead rows autovacuum will get to: nothing a non-owner should report.
+                return IDLE
             self._given_up = True
             logger.info(
                 "the queue table needs %s, and autovacuum is %s; this worker's role does "

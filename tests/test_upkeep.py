@@ -203,3 +203,30 @@ def test_a_worker_vacuums_even_where_autovacuum_is_on(dsn: str) -> None:
         keeper()
         assert keeper.vacuumed == 1
         assert queries.queue_table_health().dead < VACUUM_MIN_ROWS
+
+
+class _Counters:
+    """Stands in for Queries: serves fixed counters (the decision, not the SQL, is tested)."""
+
+    def __init__(self, health: TableHealth) -> None:
+        self.health = health
+
+    def queue_table_health(self) -> TableHealth:
+        return self.health
+
+
+def test_a_non_owner_stays_quiet_about_dead_rows_autovacuum_is_handling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counters = _Counters(health(owner=False, autovacuum=True, dead=50_000))
+    keeper = QueueUpkeep(counters)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, "pgqueue_sync.upkeep"):
+        keeper()
+        assert not [r for r in caplog.records if r.name == "pgqueue_sync.upkeep"]
+        # Autovacuum has not vacuumed for longer than the grace: now it says so, once.
+        counters.health = health(owner=False, autovacuum=True, dead=50_000,
+                                 vacuumed=NOW - GRACE - timedelta(seconds=1))
+        keeper()
+        keeper()
+    lines = [r for r in caplog.records if r.name == "pgqueue_sync.upkeep"]
+    assert len(lines) == 1 and "does not own" in lines[0].getMessage()

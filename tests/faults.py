@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -807,8 +807,17 @@ class PrivateCluster:
         return None
 
     @classmethod
-    def create(cls, port: int | None = None, *, start: bool = True) -> PrivateCluster:
-        """Create (and by default start) a new cluster named ``pgqs_<random>``."""
+    def create(
+        cls,
+        port: int | None = None,
+        *,
+        start: bool = True,
+        config: Mapping[str, str] | None = None,
+    ) -> PrivateCluster:
+        """Create (and by default start) a new cluster named ``pgqs_<random>``.
+
+        ``config`` is appended to its ``postgresql.conf`` instead of the test
+        settings (:attr:`CONFIG`); ``{}`` keeps the stock configuration."""
         reason = cls.available()
         if reason is not None:
             raise PrivateClusterError(reason)
@@ -824,9 +833,11 @@ class PrivateCluster:
         args += [version, cluster.name, "--", "--auth=trust", "--no-sync"]
         cluster._check(_run(args, timeout=120), "create")
         try:
-            settings = "".join(f"{key} = {value}\n" for key, value in cls.CONFIG.items())
-            with (cluster.config_dir / "postgresql.conf").open("a") as conf:
-                conf.write(f"\n# pgqueue_sync test settings\n{settings}")
+            chosen = cls.CONFIG if config is None else config
+            if chosen:
+                settings = "".join(f"{key} = {value}\n" for key, value in chosen.items())
+                with (cluster.config_dir / "postgresql.conf").open("a") as conf:
+                    conf.write(f"\n# pgqueue_sync test settings\n{settings}")
             if start:
                 cluster.start()
         except BaseException:

@@ -40,10 +40,10 @@ OURS_POOL_SIZE = 4
 # -- process measurements --------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (Linux), e.g. ``VmHWM`` or ``VmRSS``."""
+def status_kb(field: str, pid: int | str = "self") -> int | None:
+    """A ``kB`` field of ``/proc/PID/status`` (Linux), e.g. ``VmHWM`` or ``VmRSS``."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -54,13 +54,13 @@ def _status_kb(field: str) -> int | None:
 
 def rss_mb() -> float:
     """Current resident set size in MiB."""
-    kb = _status_kb("VmRSS")
+    kb = status_kb("VmRSS")
     return (kb or 0) / 1024
 
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (VmHWM, else ``ru_maxrss``)."""
-    kb = _status_kb("VmHWM")
+    kb = status_kb("VmHWM")
     if kb is None:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return kb / 1024

@@ -60,6 +60,7 @@ from typing import IO, Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psycopg  # noqa: E402
+from _children import status_kb  # noqa: E402
 from cluster import benchmark_server, settings_summary  # noqa: E402
 from common import scratch_database  # noqa: E402
 
@@ -249,17 +250,6 @@ def worker_main(dsn: str, records: str, *, calibrate: bool) -> int:
 # == this process: the worker's handle, the producer, the samples ===========================
 
 
-def _status_kb(pid: int, field: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU of a process so far (``/proc/PID/stat``), all its threads."""
     try:
@@ -319,14 +309,14 @@ class WorkerProcess:
         return value
 
     def rss_mb(self) -> float | None:
-        kb = _status_kb(self.pid, "VmRSS")
+        kb = status_kb("VmRSS", self.pid)
         return None if kb is None else kb / 1024
 
     def cpu_s(self) -> float | None:
         return _cpu_seconds(self.pid)
 
     def hwm_mb(self) -> float | None:
-        kb = _status_kb(self.pid, "VmHWM")
+        kb = status_kb("VmHWM", self.pid)
         return None if kb is None else kb / 1024
 
     def wait_ready(self, timeout: float) -> None:

@@ -1076,15 +1076,7 @@ def _registered_params(
 
 
 def _enqueue_params(rows: dict[str, list[Any]]) -> dict[str, str]:
-    return {
-        "priority": _array(rows["priority"], int_array),
-        "entrypoint": _array(rows["entrypoint"], text_array),
-        "delay": _array(rows["delay"], _delay_array),
-        "at": _array(rows["at"], _at_array),
-        "dedupe_key": _array(rows["dedupe_key"], text_array),
-        "payload": _array(rows["payload"], bytea_array),
-        "headers": _array(rows["headers"], _headers_array),
-    }
+    return {name: _array(rows[name], render) for name, (_, _, render) in _COLUMNS.items()}
 
 
 def _array(values: list[Any], render: Callable[[list[Any]], str]) -> str:
@@ -1140,15 +1132,7 @@ def _normalize_batch(
     full = {
         k: list(v) if isinstance(v, list | tuple) else [v] * size for k, v in columns.items()
     }
-    return {
-        "entrypoint": _checked(full["entrypoint"], _check_entrypoint),
-        "payload": _checked(full["payload"], _check_payload),
-        "priority": _checked(full["priority"], _check_priority),
-        "delay": _checked(full["execute_after"], _delay),
-        "at": _checked(full["execute_after"], _at),
-        "dedupe_key": _checked(full["dedupe_key"], _check_dedupe),
-        "headers": _checked(full["headers"], _headers),
-    }
+    return {name: _checked(full[source], check) for name, (source, check, _) in _COLUMNS.items()}
 
 
 def _checked(values: list[Any], check: Callable[[Any], _T]) -> list[_T]:
@@ -1228,6 +1212,20 @@ def _headers(value: object) -> Jsonb:
         _check_storable_json("headers", headers)
         return Jsonb(headers)
     raise ConfigurationError(f"headers must be a mapping or None, got {type(value).__name__}")
+
+
+#: What an enqueue writes, per column of the statement: the argument it comes
+#: from, the check that validates (and normalises) each value, and how a column
+#: becomes its array parameter.
+_COLUMNS: dict[str, tuple[str, Callable[[Any], Any], Callable[[list[Any]], str]]] = {
+    "entrypoint": ("entrypoint", _check_entrypoint, text_array),
+    "payload": ("payload", _check_payload, bytea_array),
+    "priority": ("priority", _check_priority, int_array),
+    "delay": ("execute_after", _delay, _delay_array),
+    "at": ("execute_after", _at, _at_array),
+    "dedupe_key": ("dedupe_key", _check_dedupe, text_array),
+    "headers": ("headers", _headers, _headers_array),
+}
 
 
 def _check_storable_json(name: str, value: object) -> None:

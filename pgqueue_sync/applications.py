@@ -16,7 +16,7 @@ from .queries import Queries
 from .scheduler import ScheduleExecutorFactory, SchedulerManager, signal_handlers
 from .settings import DBSettings
 from .tracing import TracingProtocol
-from .types import Channel, OnFailure, QueueExecutionMode
+from .types import Channel, Isolation, OnFailure, QueueExecutionMode
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ class PgQueuer:
         requests_per_second: float = float("inf"),
         retry_timer: timedelta | float | None = None,
         store_result: bool | None = None,
+        timeout: timedelta | float | None = options.ENTRYPOINT_TIMEOUT,
+        isolation: Isolation = options.ISOLATION,
     ) -> Callable[[F], F]:
         """Register a handler; see :meth:`QueueManager.entrypoint`."""
         return self.qm.entrypoint(
@@ -121,6 +123,8 @@ class PgQueuer:
             requests_per_second=requests_per_second,
             retry_timer=retry_timer,
             store_result=store_result,
+            timeout=timeout,
+            isolation=isolation,
         )
 
     def register_executor(self, name: str, executor: AbstractEntrypointExecutor) -> None:
@@ -165,6 +169,9 @@ class PgQueuer:
         shutdown_timeout: timedelta | float | None = None,
         wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
         queue_upkeep: bool = options.QUEUE_UPKEEP,
+        listen_dsn: str | None = None,
+        poll_only: bool = False,
+        poll_interval: timedelta | float = options.POLL_INTERVAL,
     ) -> None:
         """Run the worker and the scheduler until shut down; see :meth:`QueueManager.run`.
 
@@ -187,6 +194,9 @@ class PgQueuer:
             "shutdown_timeout": shutdown_timeout,
             "wait_for_database": wait_for_database,
             "queue_upkeep": queue_upkeep,
+            "listen_dsn": listen_dsn,
+            "poll_only": poll_only,
+            "poll_interval": poll_interval,
         }
         if not self.sm.registry:
             self.qm.run(**worker_options)

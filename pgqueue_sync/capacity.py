@@ -1,4 +1,5 @@
-"""How many jobs a worker may claim right now: threads, a bounded prefetch, reservations.
+"""How many jobs a worker may claim right now: threads (minus those held by timed-out
+handlers), a bounded prefetch, reservations.
 
 A worker claims only what it can start soon. It may hold one batch per claim lane more
 than it has free handler threads, but only while recent handlers are short (their
@@ -26,14 +27,18 @@ class Capacity:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._reserved = 0
+        self._lost = 0
         self._average: float | None = None
 
     def limit(self) -> int:
         """Jobs this worker may hold now: its threads, plus a batch per claim lane while
         jobs are short."""
+        threads = self.concurrency - self._lost
+        if threads <= 0:  # every handler thread is held by a timed-out handler
+            return 0
         average = self._average
         short = average is not None and average < PREFETCH_MAX_JOB_SECONDS
-        return self.concurrency + (self.prefetch if short else 0)
+        return threads + (self.prefetch if short else 0)
 
     def reserve(self) -> int:
         """Reserve up to one batch of room for a claim; 0 when full. Pair with :meth:`settle`."""
@@ -59,6 +64,26 @@ class Capacity:
                     seconds if previous is None
                     else previous + EWMA_WEIGHT * (seconds - previous)
                 )
+
+    def lose(self) -> int:
+        """A handler thread is held by a timed-out handler: one slot fewer until
+        :meth:`regain`. Call it before that job's :meth:`finished`, so its slot is
+        never handed out in between. Returns the number of lost slots."""
+        with self._lock:
+            self._lost += 1
+            return self._lost
+
+    def regain(self) -> int:
+        """A timed-out handler returned: its thread is free again. Returns the
+        number of slots still lost."""
+        with self._lock:
+            self._lost -= 1
+            return self._lost
+
+    def lost(self) -> int:
+        """Slots held by timed-out handlers that have not returned yet."""
+        with self._lock:
+            return self._lost
 
     def in_flight(self) -> int:
         """Claimed jobs not yet finished (queued for a thread or running)."""

@@ -18,12 +18,14 @@ from typing import Any, NoReturn, TypeVar, cast
 import click
 import psycopg
 
+from . import processes as process_group
 from . import supervisor
 from ._version import __version__
 from .cli_format import parse_duration, parse_headers, table, to_json, user_traceback
 from .drivers import SyncPsycopgDriver, connect
 from .dsn import LIBPQ_DEFAULTS, ResolvedDSN, resolve_dsn
 from .errors import ConfigurationError, DuplicateJobError, FactoryError, PgqException
+from .options import POLL_INTERVAL
 from .queries import BULK_BATCH_SIZE, BulkPlan, BulkResult, ErrorRecord, Queries
 from .schema import Schema, durability_script, install_script, uninstall_script
 from .settings import DBSettings
@@ -36,6 +38,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: The environment variable ``run --listen-dsn`` defaults to (read by click, here only).
+LISTEN_DSN_VARIABLE = "PGQUEUE_SYNC_LISTEN_DSN"
 #: ``requeue``/``cancel`` with --all/--entrypoint list the ids up to this many jobs;
 #: beyond it they print a count per entrypoint.
 LISTED_IDS = 20
@@ -79,10 +83,15 @@ class State:
 
     @property
     def driver(self) -> SyncPsycopgDriver:
-        """An autocommit driver over one connection, closed when the command ends."""
+        """An autocommit driver over one connection, closed when the command ends.
+
+        Without server-side prepared statements (``prepare_threshold=None``): a
+        command runs each statement a few times at most, and so works through
+        a pooler in transaction mode (docs/pgbouncer.md).
+        """
         if self._driver is None:
             conn: psycopg.Connection[Any] = self._stack.enter_context(
-                connect(self.resolved.conninfo, autocommit=True)
+                connect(self.resolved.conninfo, autocommit=True, prepare_threshold=None)
             )
             self._driver = SyncPsycopgDriver(conn)
         return self._driver
@@ -578,9 +587,27 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
               "only).  [default: on]")
 @click.option("--shutdown-on-listener-failure", is_flag=True,
               help="Stop when the LISTEN connection fails its health check.")
+@click.option("--listen-dsn", metavar="DSN", envvar=LISTEN_DSN_VARIABLE, default=None,
+              help="Open the LISTEN connection here (straight to PostgreSQL) while the "
+              "factory's connections go through a pooler such as PgBouncer in transaction "
+              f"mode (env {LISTEN_DSN_VARIABLE}).")
+@click.option("--poll-only", is_flag=True,
+              help="No LISTEN at all: look for jobs every --poll-interval (for poolers "
+              "without a direct connection).")
+@click.option("--poll-interval", type=Seconds(positive=True), default=None,
+              help="Seconds between polls with --poll-only, or while the listener hears "
+              f"nothing.  [default: {POLL_INTERVAL.total_seconds():g}]")
 @click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")
 @click.option("--restart-delay", type=Seconds(), default=5.0, show_default=True,
               help="Seconds before a restart.")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Run N worker processes under a supervisor that replaces any that dies.  "
+              "[default: one worker, in this process]")
+@click.option("--max-jobs-per-child", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Replace a worker process once it has run N jobs (implies --processes 1).")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), default=None, metavar="MB",
+              help="Replace a worker process once its resident memory passes MB megabytes "
+              "(implies --processes 1).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics and /healthz on this port (needs the 'metrics' extra).")
 @click.option("--log-level", "run_log_level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
@@ -592,15 +619,31 @@ def run(factory: str, args: Sequence[str], restart_on_failure: bool, restart_del
     The factory returns a PgQueuer, QueueManager or SchedulerManager, or a
     context manager yielding one. --dsn/--prefix/--schema are exported as
     PGQUEUE_SYNC_DSN, PGQUEUER_PREFIX and PGQUEUER_SCHEMA for the factory to read.
+    Behind PgBouncer in transaction mode, add --listen-dsn or --poll-only
+    (docs/pgbouncer.md).
     """
     if run_log_level:
         logging.getLogger().setLevel(run_log_level.upper())
+    if options.get("poll_only") and options.get("listen_dsn"):
+        raise UsageProblem(
+            "--listen-dsn and --poll-only exclude each other: --poll-only runs no listener; "
+            f"drop one (is {LISTEN_DSN_VARIABLE} set?)"
+        )
     _export_globals(_state())
     options = {k: v for k, v in options.items() if v is not None}
+    group = {k: options.pop(k) for k in PROCESS_OPTIONS if k in options}
+    if group:  # children are always replaced: --restart-on-failure adds nothing
+        process_group.run(factory, args, processes=group.pop("processes", 1),
+                          restart_delay=restart_delay, **group, **options)
+        return
     supervisor.run(
         factory, args, restart_on_failure=restart_on_failure, restart_delay=restart_delay,
         **options,
     )
+
+
+#: ``run`` options that start worker processes under a supervisor (pgqueue_sync.processes).
+PROCESS_OPTIONS = ("processes", "max_jobs_per_child", "max_memory_per_child")
 
 
 def _export_globals(state: State) -> None:

@@ -181,3 +181,14 @@ class CompletionTimeout(PgqException, TimeoutError):
         self.pending = ids
         self.done = dict(done or {})
         self.timeout = timeout
+
+
+class PoolerError(DatabaseError, ConfigurationError):
+    """A connection pooler in transaction mode (PgBouncer before 1.21) broke psycopg's
+    automatic server-side prepared statements; the message says how to fix it.
+
+    Not transient: the connections need ``prepare_threshold=None`` (see
+    docs/pgbouncer.md). A worker that meets it stops with this error instead of
+    retrying forever. Catch it as :class:`DatabaseError` or
+    :class:`ConfigurationError`.
+    """

@@ -53,6 +53,13 @@ class AbstractEntrypointExecutor(abc.ABC):
     def execute(self, job: Job, context: Context) -> Any:
         """Run the job; raise to fail it, raise :class:`RetryRequested` to retry it."""
 
+    def timed_out(self, job: Job, error: TimeoutError) -> BaseException:
+        """What to record when ``job`` outlived its entrypoint's ``timeout``: the
+        exception :meth:`execute` would have raised had the handler raised
+        ``error``. The default records ``error`` itself (a failure); an executor
+        that turns failures into retries returns its retry instead."""
+        return error
+
 
 class EntrypointExecutor(AbstractEntrypointExecutor):
     """The default: call ``func(job)`` or ``func(job, context)``."""
@@ -119,6 +126,13 @@ class DatabaseRetryEntrypointExecutor(EntrypointExecutor):
             raise
         except Exception as exc:
             raise self._retry_for(job, exc) from exc
+
+    def timed_out(self, job: Job, error: TimeoutError) -> BaseException:
+        """A timeout counts as a failure: retried while attempts remain."""
+        retry = self._retry_for(job, error)
+        if retry is not error:
+            retry.__cause__ = error
+        return retry
 
     def _retry_for(self, job: Job, exc: Exception) -> BaseException:
         if job.attempts >= self.max_attempts:

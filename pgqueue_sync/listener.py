@@ -40,6 +40,10 @@ START_WAIT = 10.0
 ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
 
 
+class _ReconnectRequested(Exception):
+    """Raised in the loop by :meth:`Listener.reconnect`: the caller logged why."""
+
+
 class Listener:
     """Receives queue events on ``channel`` in a named thread and hands them to callbacks.
 
@@ -134,7 +138,10 @@ class Listener:
                 self._wait_once()
             except Exception as exc:  # psycopg, OS, a broken socket: reconnect
                 self.connected.clear()
-                logger.warning("listener connection lost (%s); reconnecting", exc)
+                if isinstance(exc, _ReconnectRequested):
+                    logger.debug("listener reconnecting, as requested")
+                else:
+                    logger.warning("listener connection lost (%s); reconnecting", exc)
                 self._safely(functools.partial(self._on_failure, exc))
                 self._close()
 
@@ -157,7 +164,7 @@ class Listener:
             return
         if self._reconnect_requested:
             self._reconnect_requested = False
-            raise psycopg.OperationalError("reconnect requested")
+            raise _ReconnectRequested("reconnect requested")
         fileno = conn.fileno()
         wakeup = self._wakeup_r.fileno()
         readable, _, _ = select.select([fileno, wakeup], [], [], SELECT_TIMEOUT)

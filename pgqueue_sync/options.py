@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 
 from .errors import ConfigurationError
 from .ratelimit import TokenBucket
-from .types import ON_FAILURE_MODES, OnFailure, QueueExecutionMode
+from .types import ISOLATION_MODES, ON_FAILURE_MODES, Isolation, OnFailure, QueueExecutionMode
 
 #: Longest idle wait between claims when no notification arrives.
 DEQUEUE_TIMEOUT = timedelta(seconds=30)
@@ -56,6 +57,16 @@ FINAL_WRITES_TIMEOUT = 30.0
 #: The listener probes itself this often and waits this long for the echo.
 HEALTH_CHECK_INTERVAL = 10.0
 HEALTH_CHECK_TIMEOUT = timedelta(seconds=10)
+#: How often a worker that gets no notifications looks for jobs: with
+#: ``poll_only`` (no LISTEN, e.g. behind PgBouncer in transaction mode), until its
+#: listener first echoes a probe, and while a failed probe says it hears nothing.
+POLL_INTERVAL = timedelta(seconds=1)
+#: An entrypoint's per-job timeout (``entrypoint(timeout=...)``): None, no timeout.
+ENTRYPOINT_TIMEOUT: timedelta | None = None
+#: Where an entrypoint's ``def`` handler runs (``entrypoint(isolation=...)``).
+ISOLATION: Isolation = "thread"
+#: Child processes per isolated entrypoint without a ``concurrency_limit``.
+ISOLATED_PROCESSES = os.cpu_count() or 2
 
 
 #: The longest duration any option accepts: longer is surely a unit mistake, and
@@ -123,6 +134,24 @@ def optional_duration(name: str, value: timedelta | float | int | None) -> timed
     return None if value is None else positive_duration(name, value)
 
 
+def job_timeout(value: timedelta | float | int | None) -> timedelta | None:
+    """An entrypoint's ``timeout``: ``None`` (no timeout) or a positive duration
+    (seconds or a ``timedelta``) of at least a millisecond."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, timedelta | float | int):
+        raise ConfigurationError(
+            f"timeout must be seconds or a timedelta (None: no timeout), got {value!r}"
+        )
+    result = duration("timeout", value)
+    if result < timedelta(milliseconds=1):
+        raise ConfigurationError(
+            f"timeout must be at least 1 ms, got {value!r}; pass seconds (e.g. timeout=30) "
+            "or a timedelta, or None for no timeout"
+        )
+    return result
+
+
 def positive_int(name: str, value: int) -> int:
     """An ``int`` >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -150,6 +179,15 @@ def concurrency_limit(limit: int, serialized_dispatch: bool) -> int:
             )
         return 1
     return limit
+
+
+def isolation(value: str) -> Isolation:
+    """``"thread"`` or ``"process"``."""
+    if value not in ISOLATION_MODES:
+        raise ConfigurationError(
+            f"isolation must be one of {', '.join(map(repr, ISOLATION_MODES))}, got {value!r}"
+        )
+    return value
 
 
 def on_failure(value: str) -> OnFailure:
@@ -194,6 +232,10 @@ class RunOptions:
     wait_for_database: timedelta = WAIT_FOR_DATABASE
     claim_lanes: int = CLAIM_LANES
     queue_upkeep: bool = QUEUE_UPKEEP
+    #: Holds a password, perhaps: kept out of the repr.
+    listen_dsn: str | None = dataclasses.field(default=None, repr=False)
+    poll_only: bool = False
+    poll_interval: timedelta = POLL_INTERVAL
 
     @classmethod
     def build(
@@ -210,6 +252,9 @@ class RunOptions:
         shutdown_timeout: timedelta | float | None,
         wait_for_database: timedelta | float = WAIT_FOR_DATABASE,
         queue_upkeep: bool = QUEUE_UPKEEP,
+        listen_dsn: str | None = None,
+        poll_only: bool = False,
+        poll_interval: timedelta | float = POLL_INTERVAL,
     ) -> RunOptions:
         """Validate everything up front; raises :class:`ConfigurationError`."""
         batch = positive_int("batch_size", batch_size)
@@ -231,7 +276,42 @@ class RunOptions:
             ),
             wait_for_database=duration("wait_for_database", wait_for_database),
             queue_upkeep=bool(queue_upkeep),
+            listen_dsn=_listen_dsn(listen_dsn, poll_only, shutdown_on_listener_failure),
+            poll_only=bool(poll_only),
+            poll_interval=positive_duration("poll_interval", poll_interval),
         )
+
+
+def _listen_dsn(
+    listen_dsn: str | None, poll_only: bool, shutdown_on_listener_failure: bool
+) -> str | None:
+    """The listener's own DSN, checked: parsable, and not combined with ``poll_only``."""
+    if poll_only and shutdown_on_listener_failure:
+        raise ConfigurationError(
+            "poll_only runs no listener, so shutdown_on_listener_failure has nothing to "
+            "watch; drop one of them"
+        )
+    if listen_dsn is None:
+        return None
+    if not isinstance(listen_dsn, str) or not listen_dsn.strip():
+        raise ConfigurationError(
+            "listen_dsn must be a non-empty libpq connection string or postgresql:// URL "
+            "(or None to LISTEN on the worker's own connections)"
+        )
+    if poll_only:
+        raise ConfigurationError(
+            "listen_dsn and poll_only exclude each other: poll_only runs no listener; "
+            "drop one of them"
+        )
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(listen_dsn)
+    except Exception:  # its message may quote the DSN, password included: not repeated
+        raise ConfigurationError(
+            "listen_dsn is not a valid libpq connection string or postgresql:// URL"
+        ) from None
+    return listen_dsn
 
 
 def _budget(max_concurrent_tasks: int | None, batch_size: int) -> int | None:

@@ -44,7 +44,7 @@ from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
 from .cancellation import CancellationToken, Context, JobCancelled
 from .capacity import Capacity
 from .drivers.base import require_autocommit
-from .drivers.psycopg import warn_if_pure_python
+from .drivers.psycopg import connect, describe_conninfo, warn_if_pure_python
 from .errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -60,6 +60,7 @@ from .executors import (
     accepts_context,
     retry_request,
 )
+from .isolation import ProcessIsolation
 from .listener import Listener
 from .models import (
     AnyEvent,
@@ -75,8 +76,17 @@ from .queries import EntrypointExecutionParameter, PollState, Queries
 from .ratelimit import TokenBucket
 from .results import StoredResult, encode_result, missing_table_problem
 from .threads import IDLE, JOIN_TIMEOUT, HandlerPool, Idle, Ticker
+from .timeouts import EXPIRY_BOOKKEEPING_WAIT, TimedRun, Watchdog, stack_traceback
 from .tracing import TracingProtocol, get_tracer, is_active, process_span
-from .types import JOB_STATUS, Channel, JobId, OnFailure, QueueExecutionMode, QueueManagerId
+from .types import (
+    JOB_STATUS,
+    Channel,
+    Isolation,
+    JobId,
+    OnFailure,
+    QueueExecutionMode,
+    QueueManagerId,
+)
 from .upkeep import QueueUpkeep
 
 logger = logging.getLogger(__name__)
@@ -88,6 +98,8 @@ SHUTDOWN_WATCH_INTERVAL = 0.5
 FINAL_WAIT_SLICE = 0.1
 #: How long shutdown waits for threads whose work needs no finishing (seconds).
 QUICK_JOIN_TIMEOUT = 1.0
+#: What a failed connect of the listener's own DSN (``listen_dsn``) tells the user to check.
+LISTEN_DSN_HINT = "check --listen-dsn / PGQUEUE_SYNC_LISTEN_DSN and that the server is running"
 
 F = TypeVar("F", bound=Callable[..., Any])
 ExecutorFactory = Callable[[EntrypointExecutorParameters], AbstractEntrypointExecutor]
@@ -100,6 +112,7 @@ class _Registration:
     claim: EntrypointExecutionParameter
     bucket: TokenBucket | None
     store_result: bool | None = None  # None: the worker's store_results
+    timeout: timedelta | None = None  # entrypoint(timeout=...): None, no timeout
 
 
 class QueueManager:
@@ -148,6 +161,13 @@ class QueueManager:
         self._pending_probes: dict[uuid.UUID, threading.Event] = {}
         self._listener_error: FailingListenerError | None = None
         self._listener: Listener | None = None
+        # Set while the listener is known to hear this worker's notifications (its
+        # probe echoed); clear, the dispatcher polls every poll_interval instead.
+        self._listener_verified = threading.Event()
+        self._listener_failures = 0  # failed probes in a row
+        self._warned_deaf_listener = False
+        self._listening = True  # False with poll_only: no listener at all
+        self._health: Ticker | None = None
         self._drained = False
         self._stopping = False
         # One internal stop event for every exit path (shutdown, drain, errors);
@@ -183,6 +203,13 @@ class QueueManager:
         self._buffer: CompletionBuffer | None = None
         self._heartbeats: Heartbeats | None = None
         self._pool: HandlerPool | None = None
+        self._watchdog: Watchdog | None = None  # only when an entrypoint has a timeout
+        self._isolated: list[ProcessIsolation] = []  # entrypoint(isolation="process")
+        #: Called after each job ends (in the thread that ran it); a returned reason
+        #: stops the worker as a shutdown request does: it claims nothing more, lets
+        #: running jobs finish and returns from run(). ``pgq-sync run
+        #: --max-jobs-per-child/--max-memory-per-child`` recycle a process with it.
+        self.after_job: Callable[[], str | None] | None = None
 
     # -- registration ----------------------------------------------------------------------
 
@@ -198,6 +225,8 @@ class QueueManager:
         requests_per_second: float = float("inf"),
         retry_timer: timedelta | float | None = None,
         store_result: bool | None = None,
+        timeout: timedelta | float | None = options.ENTRYPOINT_TIMEOUT,
+        isolation: Isolation = options.ISOLATION,
     ) -> Callable[[F], F]:
         """Register a ``def`` or ``async def`` handler for jobs of ``name``.
 
@@ -212,9 +241,21 @@ class QueueManager:
         ``retry_timer`` is this entrypoint's stale-job timeout (default: the
         worker's ``heartbeat_timeout``). ``store_result`` stores the handler's
         JSON-serialisable return value (and failures) in the results table;
-        ``None`` follows the worker's ``store_results``. Raises
+        ``None`` follows the worker's ``store_results``. ``timeout`` (seconds
+        or a ``timedelta``) bounds each run: an ``async def`` handler is
+        cancelled; a ``def`` handler's cancellation token is set, and the job is
+        recorded at once as if the handler had raised :class:`TimeoutError`
+        (retried or failed per the executor and ``on_failure``); what the
+        handler does afterwards is ignored, and its thread counts as lost
+        capacity until it returns (see docs/timeouts.md). ``isolation="process"``
+        runs a module-level ``def`` handler (taking the job only) in a pool of
+        child processes, ``concurrency_limit`` of them (default: one per CPU),
+        so a timeout or a cancellation kills its process and frees the worker's
+        thread at once (needs the ``process`` extra; see docs/timeouts.md). Raises
         :class:`ConfigurationError`.
         """
+        job_timeout = options.job_timeout(timeout)
+        where = options.isolation(isolation)
 
         def register(func: F) -> F:
             options.check_entrypoint_name(name, self.entrypoint_registry)
@@ -225,13 +266,31 @@ class QueueManager:
                 accepts_context=_accepts(func, accepts_context),
                 on_failure=options.on_failure(on_failure),
             )
+            if where == "process":
+                self._isolate(name, parameters)
             executor = (executor_factory or EntrypointExecutor)(parameters)
             stale = options.optional_duration("retry_timer", retry_timer)
             self._register(name, executor, limit, requests_per_second, stale)
             self.entrypoint_registry[name].store_result = store_result
+            self.entrypoint_registry[name].timeout = job_timeout
             return func
 
         return register
+
+    def _isolate(self, name: str, parameters: EntrypointExecutorParameters) -> None:
+        """Make ``parameters`` call the handler in a child process (isolation="process")."""
+        if parameters.accepts_context:
+            raise ConfigurationError(
+                f"entrypoint {name!r}: isolation='process' handlers take the job only (a "
+                f"Context and its resources cannot cross into the child process); drop "
+                f"the context parameter or use isolation='thread'"
+            )
+        processes = parameters.concurrency_limit or options.ISOLATED_PROCESSES
+        runner = ProcessIsolation(parameters.func, entrypoint=name, processes=processes)
+        self._isolated.append(runner)
+        # The executor calls the runner in a handler thread as it would the handler;
+        # the runner takes the context to kill the child when the job is cancelled.
+        parameters.func, parameters.accepts_context = runner, True
 
     def register_executor(self, name: str, executor: AbstractEntrypointExecutor) -> None:
         """Register a ready-made executor for ``name``."""
@@ -276,6 +335,9 @@ class QueueManager:
         shutdown_timeout: timedelta | float | None = None,
         wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
         queue_upkeep: bool = options.QUEUE_UPKEEP,
+        listen_dsn: str | None = None,
+        poll_only: bool = False,
+        poll_interval: timedelta | float = options.POLL_INTERVAL,
     ) -> None:
         """Process jobs until :attr:`shutdown` is set (or, in drain mode, until idle).
 
@@ -300,6 +362,14 @@ class QueueManager:
         worker owning the queue table ANALYZEs and VACUUMs it (see
         :mod:`pgqueue_sync.upkeep`); stale statistics alone slow a deep drain
         down eightfold.
+
+        Notifications (LISTEN) wake an idle worker at once. ``listen_dsn`` opens
+        the listener's connection there instead of beside the worker's own, e.g.
+        straight to PostgreSQL while the rest goes through PgBouncer in
+        transaction mode, where LISTEN receives nothing. ``poll_only`` runs no
+        listener and looks for jobs every ``poll_interval`` (default 1 s). When
+        the listener fails its self-probe, the worker warns once and polls every
+        ``poll_interval`` until it hears again. See docs/pgbouncer.md.
         """
         opts = options.RunOptions.build(
             dequeue_timeout=dequeue_timeout,
@@ -313,7 +383,15 @@ class QueueManager:
             shutdown_timeout=shutdown_timeout,
             wait_for_database=wait_for_database,
             queue_upkeep=queue_upkeep,
+            listen_dsn=listen_dsn,
+            poll_only=poll_only,
+            poll_interval=poll_interval,
         )
+        if opts.listen_dsn is not None and _in_process(self.queries.driver):
+            raise ConfigurationError(
+                "listen_dsn has no use with the in-memory adapter (its notifications never "
+                "leave the process); drop it"
+            )
         if not self.entrypoint_registry:
             raise ConfigurationError("no entrypoints registered; decorate a handler first")
         require_autocommit(self.queries.driver, "worker")
@@ -344,6 +422,9 @@ class QueueManager:
         self._drained = self._stopping = self._handing_back = False
         self.shutdown_requested_twice = False
         self._abandoned.clear()
+        self._listener_verified.clear()
+        self._listener_failures = 0
+        self._warned_deaf_listener = False
 
     def _await_database(self, patience: timedelta) -> bool:
         """Check the schema, retrying for up to ``patience`` while the database is
@@ -434,6 +515,7 @@ class QueueManager:
         # (one that outlives this bounded wait hands its jobs back itself).
         self._stop_claimers()
         self._drop_waiting_async()  # claimed ahead, never started: handed back below
+        self._drop_waiting_sync()  # the same for sync jobs waiting for a thread
         if self._fatal is None:
             self._wait_for_running(opts.shutdown_timeout)
         # Hand-backs and outcome writes run while heartbeats still beat, off the
@@ -489,8 +571,19 @@ class QueueManager:
         self._capacity = Capacity(opts.concurrency, opts.batch_size, lanes=lanes)
         self._async_limit = opts.concurrency
         pool = self._pool = HandlerPool(opts.concurrency)
-        # Threads of handed-back jobs may never return; don't wait for them.
-        stack.push(lambda: pool.stop(0.0 if self._abandoned else JOIN_TIMEOUT))
+        # Threads of handed-back jobs, or of timed-out handlers, may never return;
+        # don't wait for them.
+        stack.push(lambda: pool.stop(
+            0.0 if self._abandoned or self._threads_lost_at_stop() else JOIN_TIMEOUT))
+        # Children of isolated entrypoints stop before the handler threads waiting for
+        # them are let go: killed at once when jobs were handed back (their outcomes
+        # no longer count), else once their jobs are done.
+        stack.push(lambda: self._close_isolated(immediate=bool(self._abandoned)))
+        if any(reg.timeout is not None for reg in self.entrypoint_registry.values()):
+            # Runs until the final writes are done: a deadline passing during the
+            # shutdown wait still records its job.
+            watchdog = self._watchdog = Watchdog().start()
+            stack.push(watchdog.stop)
         # Outcomes normally ride along with the next claim; the flusher writes them
         # on its ~100 ms timer when no claim comes, or once a few batches pile up.
         self._beat_period = {
@@ -513,13 +606,18 @@ class QueueManager:
             on_written=self._on_written,
         )
         self._buffer.start()
-        stack.push(self._start_listener())
+        stack.push(self._start_listener(opts))
         stack.push(self._watch_shutdown())
-        health = Ticker(lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
-                        name="pgqueue_sync-health", jitter=0.0).start()
-        # Probes and aggregation leave nothing to finish: a thread stuck in a
-        # database call (an unreachable server) is not worth waiting for long.
-        stack.push(lambda: health.stop(QUICK_JOIN_TIMEOUT))
+        if self._listening:
+            health = self._health = Ticker(
+                lambda: self._probe_listener(opts), options.HEALTH_CHECK_INTERVAL,
+                name="pgqueue_sync-health", jitter=0.0,
+            ).start()
+            # The first probe at once: until it echoes, the dispatcher polls.
+            health.wake()
+            # Probes and aggregation leave nothing to finish: a thread stuck in a
+            # database call (an unreachable server) is not worth waiting for long.
+            stack.push(lambda: health.stop(QUICK_JOIN_TIMEOUT))
         # Extra claim lanes, not with a budget: it is counted in SQL, and two
         # concurrent claims could each see room for the same jobs.
         self._lanes = [
@@ -567,22 +665,39 @@ class QueueManager:
         timeouts = [reg.claim.stale_after for reg in self.entrypoint_registry.values()]
         return min([opts.heartbeat_timeout, *(t for t in timeouts if t is not None)])
 
-    def _start_listener(self) -> Callable[[], None]:
+    def _start_listener(self, opts: options.RunOptions) -> Callable[[], None]:
         driver = self.queries.driver
+        self._listener = None
+        self._listening = not opts.poll_only
+        if opts.poll_only:
+            logger.info("poll-only: no LISTEN; looking for jobs every %gs",
+                        opts.poll_interval.total_seconds())
+            return lambda: None
         if _in_process(driver):
             subscribe: Callable[[Callable[[str], None]], Callable[[], None]]
             subscribe = driver.add_listener  # type: ignore[attr-defined]
+            self._listener_verified.set()  # an in-process fan-out cannot miss a notification
             return subscribe(self._on_payload)
-        if not hasattr(driver, "new_connection"):
+        connect_listener: Callable[[], Any]
+        if opts.listen_dsn is not None:
+            connect_listener = functools.partial(
+                connect, opts.listen_dsn, hint=LISTEN_DSN_HINT, prepare_threshold=None
+            )
+            logger.info("listener: LISTEN on %s (listen_dsn)", describe_conninfo(opts.listen_dsn))
+        elif hasattr(driver, "new_connection"):
+            connect_listener = driver.new_connection
+        else:
             raise ConfigurationError(
-                f"{type(driver).__name__} cannot open a LISTEN connection; "
-                "use SyncPsycopgDriver or SyncPsycopgPoolDriver for workers"
+                f"{type(driver).__name__} cannot open a LISTEN connection; use "
+                "SyncPsycopgDriver or SyncPsycopgPoolDriver for workers, or pass listen_dsn "
+                "(--listen-dsn) or poll_only (--poll-only)"
             )
         listener = self._listener = Listener(
-            driver.new_connection,
+            connect_listener,
             self.channel,
             on_event=self._on_event,
             on_reconnect=self._on_listener_reconnect,
+            on_failure=self._on_listener_lost,
             # Names this worker's own session for 'pgq-sync workers' (ops.py).
             on_connect=functools.partial(label_worker_session,
                                          queue_manager_id=self.queue_manager_id,
@@ -597,6 +712,14 @@ class QueueManager:
         # database backoff (the server is evidently back).
         self._wake.set()
         self._recovered.set()
+        # Trust the new connection once it echoes a probe: probe now.
+        if self._health is not None:
+            self._health.wake()
+
+    def _on_listener_lost(self, exc: BaseException) -> None:
+        # Until the reconnected listener echoes a probe, poll every poll_interval.
+        self._listener_verified.clear()
+        self._wake.set()
 
     # -- the dispatch loop -----------------------------------------------------------------
 
@@ -618,7 +741,9 @@ class QueueManager:
     ) -> None:
         """Back off after a database error, or re-raise one that waiting cannot fix."""
         permanent_connection = isinstance(exc, ConnectionFailed) and not exc.transient
-        if permanent_connection or (
+        # A misconfiguration found by the database (PoolerError: prepared statements
+        # through PgBouncer) stops the worker with the fix instead of retrying forever.
+        if permanent_connection or isinstance(exc, ConfigurationError) or (
             not exc.transient and opts.mode is QueueExecutionMode.drain
         ):
             raise exc
@@ -802,6 +927,10 @@ class QueueManager:
         # PgQueuer 1.6 worker's do not, and a stale job notifies nobody: wake for
         # the next deferred job and for the next picked job going stale.
         longest = opts.dequeue_timeout.total_seconds()
+        if not self._listener_verified.is_set():
+            # No notification is sure to come (poll_only, or a listener that has not
+            # echoed its probe yet or no longer does): poll.
+            longest = min(longest, opts.poll_interval.total_seconds())
         if state.eligible:
             wait = options.MIN_DEQUEUE_POLL_INTERVAL
         elif state.eta is not None:
@@ -884,6 +1013,7 @@ class QueueManager:
         error: BaseException | None = None
         seconds = None
         value = None
+        run = self._arm(job, context, reg, threading.get_ident())
         try:
             if not context.cancellation.cancelled:
                 started = time.monotonic()
@@ -893,7 +1023,11 @@ class QueueManager:
                     error = exc
                 seconds = time.monotonic() - started
         finally:
-            self._finish(job, context, reg, error, cancelled=False, seconds=seconds, value=value)
+            if self._settle(run):
+                self._finish(job, context, reg, error, cancelled=False, seconds=seconds,
+                             value=value)
+            else:  # past its timeout: that outcome is recorded already
+                self._returned_late(run, error)
 
     def _execute(self, job: Job, context: Context, reg: _Registration) -> Any:
         """Call the executor (for async handlers: make its coroutine) inside the
@@ -905,6 +1039,94 @@ class QueueManager:
             return _traced(tracer, job, reg.executor.execute(job, context))
         with process_span(tracer, job):
             return reg.executor.execute(job, context)
+
+    # -- timeouts (entrypoint(timeout=...); see docs/timeouts.md) --------------------------
+
+    def _arm(
+        self, job: Job, context: Context, reg: _Registration, thread_id: int | None = None
+    ) -> TimedRun | None:
+        """Start the clock of a run of an entrypoint with a timeout (None: no timeout)."""
+        if reg.timeout is None or self._watchdog is None:
+            return None
+        on_expiry = functools.partial(self._on_timeout, reg)
+        return self._watchdog.arm(
+            TimedRun(reg.timeout, on_expiry, job=job, context=context, thread_id=thread_id)
+        )
+
+    def _settle(self, run: TimedRun | None) -> bool:
+        """The handler ended: True if its outcome counts (no timeout, or in time)."""
+        return run is None or (self._watchdog is not None and self._watchdog.settle(run))
+
+    def _on_timeout(self, reg: _Registration, run: TimedRun) -> None:
+        """On the watchdog thread, once a run passes its deadline: record the job as
+        if its handler had raised TimeoutError, through the one failure path."""
+        assert self._capacity is not None
+        job: Job = run.job
+        context: Context = run.context
+        seconds = run.timeout.total_seconds()
+        # Lost before the job stops counting in _finish: its slot is never handed out.
+        lost = self._capacity.lose()
+        slot = "its runner thread" if run.thread_id is not None else "its event-loop slot"
+        logger.warning(
+            "job %d (entrypoint %r) ran past its timeout of %gs: recorded as a TimeoutError "
+            "and told to stop; %s counts as lost capacity until the handler returns "
+            "(%d of %d lost)", job.id, job.entrypoint, seconds, slot, lost,
+            self._capacity.concurrency,
+        )
+        if lost >= self._capacity.concurrency:
+            logger.warning(
+                "all %d handler slots are held by timed-out handlers: the worker claims no "
+                "jobs until one returns", self._capacity.concurrency,
+            )
+        error = TimeoutError(f"the handler ran past its entrypoint's timeout of {seconds:g}s")
+        # Where the handler was stuck, for the log record.
+        error = error.with_traceback(stack_traceback(run.thread_id, QueueManager._execute.__code__))
+        try:
+            failure = reg.executor.timed_out(job, error)
+        except Exception:
+            logger.exception("%s.timed_out() failed; recording the TimeoutError",
+                             type(reg.executor).__name__)
+            failure = error
+        context.cancellation.cancel()  # a def handler may poll it; an async one is cancelled
+        self._finish(job, context, reg, failure, cancelled=False, seconds=seconds)
+
+    def _returned_late(self, run: TimedRun | None, error: BaseException | None) -> None:
+        """A handler ended after its timeout: its outcome is dropped, its slot is free."""
+        assert self._capacity is not None and run is not None  # only a timed run is late
+        run.expired.wait(EXPIRY_BOOKKEEPING_WAIT)  # the expiry's bookkeeping comes first
+        left = self._capacity.regain()
+        job: Job = run.job
+        ended = "returned" if error is None else f"raised {type(error).__name__}"
+        slot = "its runner thread" if run.thread_id is not None else "its event-loop slot"
+        logger.warning(
+            "job %d (entrypoint %r): the handler %s %.1fs after its timeout of %gs; that "
+            "outcome is ignored and %s is free again (%d still lost)", job.id, job.entrypoint,
+            ended, time.monotonic() - run.deadline, run.timeout.total_seconds(), slot, left,
+        )
+        _set(self._wake)
+        _set(self._lane_wake)
+
+    def _close_isolated(self, *, immediate: bool) -> None:
+        for runner in self._isolated:
+            runner.close(immediate=immediate)
+
+    def _threads_lost_at_stop(self) -> int:
+        lost = 0 if self._capacity is None else self._capacity.lost()
+        if lost:
+            logger.warning(
+                "%d handler threads still run timed-out handlers; not waiting for them "
+                "(daemon threads: they end with the process)", lost,
+            )
+        return lost
+
+    def _drop_waiting_sync(self) -> None:
+        """At shutdown, sync jobs still waiting for a handler thread do not start
+        (as _run_sync would decide once a thread is free): they are handed back
+        now, not after a thread held by a timed-out handler returns."""
+        if self._pool is None:
+            return
+        for _, args in self._pool.take_pending():
+            self._leave_unstarted(args[0])
 
     def _admit_async(self, job: Job, context: Context, reg: _Registration) -> None:
         """Start an async job now, or queue it while ``concurrency`` coroutines run:
@@ -936,16 +1158,27 @@ class QueueManager:
 
     def _start_async(self, job: Job, context: Context, reg: _Registration) -> None:
         started = time.monotonic()
+        run = self._arm(job, context, reg)
 
         def done(task: asyncio.Task[Any]) -> None:  # on the event-loop thread
-            self._finish_async(job, context, reg, task, time.monotonic() - started)
+            if self._settle(run):
+                self._finish_async(job, context, reg, task, time.monotonic() - started)
+                return
+            try:  # past its timeout: that outcome is recorded already
+                late = asyncio.CancelledError() if task.cancelled() else task.exception()
+                self._returned_late(run, late)
+            finally:
+                self._async_done()
 
         try:
             assert self._loop is not None
             cancel = self._loop.spawn(self._execute(job, context, reg), done)
         except BaseException as exc:  # no coroutine, or no loop: the job fails here
             try:
-                self._finish(job, context, reg, exc, cancelled=False, seconds=None)
+                if self._settle(run):
+                    self._finish(job, context, reg, exc, cancelled=False, seconds=None)
+                else:
+                    self._returned_late(run, exc)
             finally:
                 self._async_done()
             return
@@ -998,6 +1231,7 @@ class QueueManager:
                 # drain mode never sees "nothing running, nothing pending" in between.
                 self._record(job, context, reg, error, cancelled, value)
         finally:
+            self._check_after_job()  # before the freed slot lets another claim in
             # The job keeps its heartbeat (_claimed) until _on_written.
             with self._lock:
                 self.job_context.pop(job.id, None)
@@ -1097,40 +1331,91 @@ class QueueManager:
             context.cancellation.cancel()
 
     def listener_healthy(self, timeout: timedelta | float = options.HEALTH_CHECK_TIMEOUT) -> bool:
-        """Send a probe on the channel and wait for this worker's listener to receive it."""
+        """Send a probe on the channel and wait for this worker's listener to receive it.
+
+        False at once with ``poll_only`` (there is no listener)."""
         seconds = options.duration("timeout", timeout).total_seconds()
+        return bool(self._send_probe(seconds))
+
+    def _send_probe(self, seconds: float) -> bool | None:
+        """Whether the probe came back within ``seconds``; None if it could not be sent
+        (or the worker began to stop while it waited)."""
+        if not self._listening:
+            return False
         probe_id, received = uuid.uuid4(), threading.Event()
         self._pending_probes[probe_id] = received
         try:
             self.queries.notify_health_check(probe_id)
-            return received.wait(seconds)
+            # In slices: a stopping worker does not wait out a deaf listener's probe.
+            deadline = time.monotonic() + seconds
+            while not received.wait(min(FINAL_WAIT_SLICE, max(deadline - time.monotonic(), 0))):
+                if time.monotonic() >= deadline:
+                    return False
+                if self._halt.is_set():
+                    return None
+            return True
         except DatabaseError as exc:  # no probe sent: not healthy, whatever the reason
             logger.debug("listener probe could not be sent: %s", exc)
-            return False
+            return None
         finally:
             self._pending_probes.pop(probe_id, None)
 
     def healthy(self, timeout: timedelta | float = options.HEALTH_CHECK_TIMEOUT) -> bool:
         """For liveness probes: :meth:`run` is running, its heartbeat thread is
-        alive and its listener echoes a probe within ``timeout``. Blocks up to
-        ``timeout``; thread-safe."""
+        alive and its listener echoes a probe within ``timeout`` (with
+        ``poll_only``, which has no listener, the first two suffice). Blocks up
+        to ``timeout``; thread-safe."""
         beats = self._heartbeats
         if beats is None or not beats.is_alive() or self._halt.is_set():
             return False
+        if not self._listening:
+            return True
         return self.listener_healthy(timeout)
 
     def _probe_listener(self, opts: options.RunOptions) -> None:
-        if self.listener_healthy(options.HEALTH_CHECK_TIMEOUT):
+        """The health ticker's probe: trust the listener while it echoes; otherwise
+        poll every ``poll_interval``, reconnect it once per run of failures and say,
+        the first time, what fixes a listener that hears nothing (PgBouncer)."""
+        timeout = options.HEALTH_CHECK_TIMEOUT.total_seconds()
+        poll = opts.poll_interval.total_seconds()
+        echoed = self._send_probe(timeout)
+        if echoed:
+            self._listener_failures = 0
+            if not self._listener_verified.is_set():
+                if self._warned_deaf_listener:
+                    logger.info("the listener hears notifications again; waiting for them "
+                                "instead of polling every %.1fs", poll)
+                self._listener_verified.set()
             return
-        logger.warning("listener health check failed: no echo within %.1fs; reconnecting it",
-                       options.HEALTH_CHECK_TIMEOUT.total_seconds())
+        self._listener_verified.clear()
+        self._wake.set()  # and poll every poll_interval meanwhile
         if opts.shutdown_on_listener_failure and opts.mode is not QueueExecutionMode.drain:
+            logger.warning("listener health check failed: no echo within %.1fs; stopping "
+                           "(shutdown_on_listener_failure)", timeout)
             self._listener_error = FailingListenerError()
             self._halt_all()
             return
+        if echoed is None:
+            return  # not sent: a database problem, reported by the statements it fails
+        self._listener_failures += 1
+        if self._listener_failures > 1:  # reconnected once already: that did not help
+            logger.debug("listener health check failed %d times in a row; polling every %.1fs",
+                         self._listener_failures, poll)
+            return
+        if not self._warned_deaf_listener:
+            self._warned_deaf_listener = True
+            logger.warning(
+                "listener health check failed: no echo within %.1fs; reconnecting it, and "
+                "polling for jobs every %.1fs until it hears again. Behind PgBouncer in "
+                "transaction mode LISTEN seems to work but no notification ever arrives: use "
+                "--listen-dsn (listen_dsn=) to a direct server connection or --poll-only "
+                "(poll_only=True); see docs/pgbouncer.md", timeout, poll,
+            )
+        else:
+            logger.warning("listener health check failed: no echo within %.1fs; reconnecting "
+                           "it, and polling every %.1fs meanwhile", timeout, poll)
         if self._listener is not None:
             self._listener.reconnect()
-        self._wake.set()  # and poll meanwhile
 
     def _aggregate(self) -> Idle | None:
         if not self._dispatched_since_aggregation:
@@ -1156,6 +1441,21 @@ class QueueManager:
         logger.info("received %s: finishing running jobs", signal.Signals(signum).name)
         self.shutdown.set()
         self._halt_all()
+
+    def _check_after_job(self) -> None:
+        hook = self.after_job
+        if hook is None or self._halt.is_set():
+            return
+        try:
+            reason = hook()
+        except Exception:  # a broken hook must not cost the job its outcome
+            logger.exception("the after_job hook failed")
+            return
+        if reason and not self.shutdown.is_set():
+            logger.info("worker %s %s: finishing running jobs, then stopping",
+                        self.queue_manager_id, reason)
+            self.shutdown.set()
+            self._halt_all()
 
     def _on_loop_crash(self, error: BaseException | None) -> None:
         logger.error("the event-loop thread stopped unexpectedly (%r); stopping the worker",

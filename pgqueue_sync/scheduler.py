@@ -320,6 +320,8 @@ class SchedulerManager:
                     self.queries.insert_schedule(self._next_runs())
                 claimed = self.queries.fetch_schedule(self._next_runs())
             except DatabaseError as exc:
+                if isinstance(exc, ConfigurationError):
+                    raise  # e.g. PoolerError: no retry fixes it; the message says what does
                 # The scheduler outlives a database restart: back off, then poll again.
                 delay = backoff.failure()
                 logger.warning("database error in the scheduler (%s); retrying in %.1fs",

@@ -36,11 +36,17 @@ _EXPECTED = "a PgQueuer, QueueManager or SchedulerManager"
 _SCHEDULER_OPTIONS = frozenset({"shutdown_timeout"})
 
 
-def load_factory(path: str) -> Callable[..., Any]:
-    """Import ``module:attribute`` (current directory first on ``sys.path``)."""
+def split_factory_path(path: str) -> tuple[str, str]:
+    """``module:attribute`` as (module, attribute); :class:`ConfigurationError` otherwise."""
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
         raise ConfigurationError(f"factory must look like 'module:function', got {path!r}")
+    return module_name, attribute
+
+
+def load_factory(path: str) -> Callable[..., Any]:
+    """Import ``module:attribute`` (current directory first on ``sys.path``)."""
+    module_name, attribute = split_factory_path(path)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -134,9 +140,13 @@ def run(
     restart_delay: timedelta | float = RESTART_DELAY,
     shutdown: threading.Event | None = None,
     metrics_port: int | None = None,
+    on_built: Callable[[Runnable], None] | None = None,
     **run_options: Any,
 ) -> None:
     """Build the worker and run it until shutdown; ``run_options`` go to ``run()``.
+
+    ``on_built`` is called with each worker the factory builds, before it runs
+    (:mod:`pgqueue_sync.processes` attaches its recycling budget there).
 
     ``metrics_port`` serves ``/metrics`` and ``/healthz`` while it runs (needs
     the ``metrics`` extra; see :mod:`pgqueue_sync.metrics`).
@@ -151,7 +161,7 @@ def run(
     with _stop_on_signals(stop):
         while not stop.is_set():
             try:
-                _run_once(fn, args, stop, run_options, metrics_port)
+                _run_once(fn, args, stop, run_options, metrics_port, on_built)
                 return
             except ConfigurationError:
                 raise
@@ -172,8 +182,11 @@ def _run_once(
     stop: threading.Event,
     options: Any,
     metrics_port: int | None = None,
+    on_built: Callable[[Runnable], None] | None = None,
 ) -> None:
     with build(factory, args) as worker, _serve_metrics(worker, metrics_port):
+        if on_built is not None:
+            on_built(worker)
         if isinstance(worker, SchedulerManager):
             options = {k: v for k, v in options.items() if k in _SCHEDULER_OPTIONS}
         relay = threading.Thread(

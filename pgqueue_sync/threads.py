@@ -57,6 +57,20 @@ class HandlerPool:
         """Queue ``fn(*args)`` for the next free thread; never blocks."""
         self._queue.put((fn, args))
 
+    def take_pending(self) -> list[tuple[Callable[..., object], tuple[Any, ...]]]:
+        """Remove and return the submitted calls no thread has started yet
+        (``(fn, args)`` pairs, in submission order); call it before :meth:`stop`."""
+        pending: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return pending
+            if item is _STOP:  # stop() already ran: leave its markers in place
+                self._queue.put(item)
+                return pending
+            pending.append(item)
+
     def stop(self, timeout: float = JOIN_TIMEOUT) -> list[str]:
         """Stop the threads after queued work; returns names still running at ``timeout``."""
         for _ in self._threads:

@@ -40,6 +40,10 @@ OnConflict = Literal["raise", "skip", "update_priority"]
 OnFailure = Literal["delete", "hold"]
 ON_CONFLICT_MODES: tuple[OnConflict, ...] = ("raise", "skip", "update_priority")
 ON_FAILURE_MODES: tuple[OnFailure, ...] = ("delete", "hold")
+#: Where an entrypoint's ``def`` handler runs: a worker thread, or a child process
+#: that a timeout or a cancellation can kill (``entrypoint(isolation=...)``).
+Isolation = Literal["thread", "process"]
+ISOLATION_MODES: tuple[Isolation, ...] = ("thread", "process")
 
 
 class QueueExecutionMode(str, enum.Enum):

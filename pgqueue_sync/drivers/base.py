@@ -19,6 +19,7 @@ from ..errors import (
     DatabaseError,
     DeadlockDetected,
     PermissionDenied,
+    PoolerError,
     SchemaNotInstalledError,
     UniqueViolation,
 )
@@ -30,6 +31,19 @@ Query = sql.SQL | sql.Composed
 GRANT_HINT = (
     "grant the role its part of the queue's privileges "
     "(pgq-sync grants producer|worker|admin ROLE; see docs/permissions.md)"
+)
+#: SQLSTATEs of a server-side prepared statement that is missing (26000) or already
+#: exists (42P05): what psycopg's automatic prepared statements (named ``_pg3_N``)
+#: meet when a pooler in transaction mode moves the connection between backends.
+_PREPARED_STATEMENT_SQLSTATES = ("26000", "42P05")
+#: Appended to such an error: what to change.
+POOLER_HINT = (
+    "a connection pooler in transaction mode (PgBouncer before 1.21) sits between this "
+    "process and PostgreSQL and moved psycopg's automatic prepared statements between "
+    "server connections; open the connections with prepare_threshold=None "
+    "(psycopg.connect(dsn, prepare_threshold=None), ConnectionPool(dsn, "
+    "kwargs={'autocommit': True, 'prepare_threshold': None}), or in Django "
+    "DATABASES[...]['OPTIONS']['prepare_threshold'] = None); see docs/pgbouncer.md"
 )
 
 
@@ -87,6 +101,8 @@ def translate(exc: psycopg.Error) -> DatabaseError:
         return DeadlockDetected(message, sqlstate=sqlstate)
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return PermissionDenied(f"{message}: {GRANT_HINT}", sqlstate=sqlstate)
+    if sqlstate in _PREPARED_STATEMENT_SQLSTATES and '"_pg3_' in message:
+        return PoolerError(f"{message}: {POOLER_HINT}", sqlstate=sqlstate)
     if isinstance(exc, (pg_errors.UndefinedTable, pg_errors.UndefinedObject)):
         return SchemaNotInstalledError(
             f"{message}; is the queue schema installed? run 'pgq-sync install' "

@@ -25,8 +25,8 @@ class SyncPsycopgDriver:
     connection lost (a killed backend, a server restart): the statement that
     hit the loss raises :class:`~pgqueue_sync.errors.ConnectionFailed`, and
     the next one runs on a fresh connection to the same server (same
-    parameters, password included). :attr:`connection` then names the new
-    connection. A statement is never re-sent by the driver itself: it cannot
+    parameters, password and ``prepare_threshold`` included). :attr:`connection`
+    then names the new connection. A statement is never re-sent by the driver itself: it cannot
     know whether the lost one committed.
 
     On an autocommit connection each statement commits by itself and
@@ -48,19 +48,22 @@ class SyncPsycopgDriver:
         # Read now: a lost connection can no longer tell where it was connected.
         info = connection.info
         self._conninfo = psycopg.conninfo.make_conninfo(info.dsn, password=info.password or None)
+        # A reconnect keeps the caller's choice (None behind a pooler in transaction mode).
+        self._prepare_threshold = connection.prepare_threshold
         # An RLock, so a transaction() block can call fetch() on the same thread.
         self._lock = threading.RLock()
 
     def new_connection(self) -> psycopg.Connection[Any]:
         """Open another autocommit connection to the same server (e.g. for LISTEN)."""
-        return connect(self._conninfo)
+        return connect(self._conninfo, prepare_threshold=self._prepare_threshold)
 
     def _live_connection(self) -> psycopg.Connection[Any]:
         # Called with the lock held. Only an autocommit connection is replaced: a
         # lost caller transaction is the caller's to handle (it rolled back).
         conn = self.connection
         if conn.closed and conn.autocommit:
-            self.connection = conn = connect(self._conninfo)
+            self.connection = conn = connect(self._conninfo,
+                                             prepare_threshold=self._prepare_threshold)
         return conn
 
     @property

@@ -298,3 +298,15 @@ def test_sigterm_stops_a_running_worker(real_database: str) -> None:
             worker.kill()
             worker.wait(SUBPROCESS_TIMEOUT)
         reader.join(THREAD_EXIT_TIMEOUT)
+
+
+def test_worker_processes_from_the_command_line(real_database: str) -> None:
+    """``worker --processes 2`` (drain mode): each process sets Django up and connects on
+    its own, drains, and exits 0; the supervisor then exits 0 (docs/processes.md)."""
+    suffix = real_database
+    assert manage("install", "--results", suffix=suffix).returncode == 0
+    drained = manage("worker", "--processes", "2", "--mode", "drain", "--dequeue-timeout", "0.2",
+                     suffix=suffix)
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stderr.count("registered entrypoints: shop.send_confirmation") == 2
+    assert drained.stderr.count("finished on its own (exit status 0); not replaced") == 2

@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def record(path: str, **fields: Any) -> None:
-    """Append one line atomically."""
-    line = json.dumps({"pid": os.getpid(), **fields}) + "\n"
+    """Append one line atomically: ``fields``, the process id and the wall-clock time."""
+    line = json.dumps({"pid": os.getpid(), "t": time.time(), **fields}) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())

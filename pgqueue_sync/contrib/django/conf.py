@@ -52,11 +52,19 @@ WORKER_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "restart_on_failure": bool,
     "restart_delay": (int, float),
     "metrics_port": int,
+    # Worker processes under a supervisor (docs/processes.md).
+    "processes": int,
+    "max_jobs_per_child": int,
+    "max_memory_per_child": int,
+    # Behind PgBouncer in transaction mode (docs/pgbouncer.md).
+    "listen_dsn": str,
+    "poll_only": bool,
+    "poll_interval": (int, float),
 }
 #: ``WORKER`` and ``POOL`` keys holding seconds (checked like every duration option).
 _SECONDS = frozenset({
     "dequeue_timeout", "heartbeat_timeout", "shutdown_timeout", "wait_for_database",
-    "restart_delay", "timeout", "max_idle", "max_lifetime",
+    "restart_delay", "timeout", "max_idle", "max_lifetime", "poll_interval",
 })
 #: ``POOL`` keys (``psycopg_pool.ConnectionPool`` arguments).
 POOL_OPTIONS: dict[str, type | tuple[type, ...]] = {

@@ -28,11 +28,11 @@ import click
 from click.core import ParameterSource
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from .....cli import FactoryFailed, cli
+from .....cli import PROCESS_OPTIONS, FactoryFailed, cli
 from ...conf import SETTING, get_settings
 from ...db import worker_conninfo
 from ...errors import DjangoConfigurationError
-from ...worker import FACTORY_PATH
+from ...worker import FACTORY_PATH, _close_django_connections
 
 WORKER = "worker"
 #: Django's own options (value-taking ones first); they may come anywhere before ``--``.
@@ -305,6 +305,10 @@ def _run_worker(
             factory_args.append(flag)
     if options.get("concurrency") is not None:
         factory_args += ["--concurrency", str(options["concurrency"])]  # sizes the pool
+    if any(options.get(name) is not None for name in PROCESS_OPTIONS):
+        # The supervisor holds no database connection (the checks opened one); each
+        # worker process sets Django up and connects on its own.
+        _close_django_connections()
     ctx.invoke(cli.commands["run"], factory=FACTORY_PATH, args=tuple(factory_args), **options)
 
 

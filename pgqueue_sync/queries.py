@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from psycopg.types.json import Jsonb
 
-from .drivers.base import Driver
+from .drivers.base import Driver, fetch_expecting
 from .errors import (
     ConfigurationError,
     DatabaseError,
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from .results import StoredResult
 
 _T = TypeVar("_T")
+#: The columns a claim's reply must have (each a :class:`Job` field).
+JOB_FIELDS = tuple(field.name for field in dataclasses.fields(Job))
 #: Log rows folded into statistics per transaction, and transactions per call.
 AGGREGATE_CHUNK = 20_000
 AGGREGATE_MAX_CHUNKS = 100
@@ -361,7 +363,7 @@ class Queries:
             "heartbeat_timeout": heartbeat_timeout,
         }
         try:
-            rows = self.driver.fetch(query, params)
+            rows = fetch_expecting(self.driver, query, params, JOB_FIELDS)
         except UniqueViolation as exc:
             if exc.constraint_name != self.settings.index_name("picked_slot_idx"):
                 raise

@@ -96,7 +96,6 @@ def _config(directory: Path, server: dict[str, str], port: int, pool_size: int) 
         "reserve_pool_size = 0",
         "max_client_conn = 500",
         "max_db_connections = 0",
-        "server_check_delay = 0",
         # psycopg sends none of these, but a client library might.
         "ignore_startup_parameters = extra_float_digits,options",
         "",

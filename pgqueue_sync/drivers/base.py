@@ -6,7 +6,7 @@ A driver only runs SQL: it knows nothing about jobs, threads or schedules.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import psycopg
@@ -126,3 +126,40 @@ def _connection_lost(exc: psycopg.Error, sqlstate: str | None) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def fetch_expecting(
+    driver: Driver, query: Query, params: Params = None, columns: Collection[str] = ()
+) -> list[Row]:
+    """``driver.fetch(query, params)``, for a statement whose reply must have ``columns``.
+
+    A reply without them is not the statement's own: the connection is out of
+    step with the server, answering each statement with the reply to an
+    earlier one. PgBouncer in transaction mode did this in our tests when a
+    backend holding a ``LISTEN`` was checked (``server_check_query``). The
+    psycopg drivers then close that connection, so the pool or the driver
+    replaces it, and raise a transient :class:`ConnectionFailed`. A statement
+    that read such a reply may have run: a claim's jobs are then re-picked
+    once their heartbeat is stale, like a lost worker's. Other drivers only
+    get the check after the fact.
+    """
+    method = getattr(driver, "fetch_expecting", None)
+    if method is not None:
+        rows: list[Row] = method(query, params, columns)
+        return rows
+    rows = driver.fetch(query, params)
+    if rows and not set(columns) <= rows[0].keys():
+        raise out_of_step(list(rows[0]), columns)
+    return rows
+
+
+def out_of_step(names: list[str], columns: Collection[str]) -> ConnectionFailed:
+    """The error for a reply without the ``columns`` its statement returns."""
+    missing = sorted(set(columns) - set(names))
+    return ConnectionFailed(
+        f"the reply did not belong to the statement (columns {names}, missing {missing}): "
+        "the connection is out of step with the server and was dropped. A pooler in "
+        "transaction mode does this to connections that LISTEN through it: see "
+        "docs/pgbouncer.md (--listen-dsn or --poll-only)",
+        sqlstate="08P01",
+    )

@@ -388,3 +388,35 @@ def test_the_built_tasks_are_forgotten_when_tasks_settings_change() -> None:
     with override_settings(TASKS=emails_only), pytest.raises(InvalidTask, match="default"):
         load_task(record)
     assert load_task(record) == built
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queue_timeout_fails_a_hung_task_after_its_attempts(committed: None) -> None:
+    """QUEUE_TIMEOUT becomes the queue entrypoint's timeout: a hung task is retried
+    while its max_attempts allow, then FAILED with a TimeoutError; its late return
+    changes nothing."""
+    configured = {**settings_tasks(), "default": {
+        **settings_tasks()["default"], "OPTIONS": {"QUEUE_TIMEOUT": {"default": 0.5}}}}
+    tasks.RELEASE_STUCK.clear()
+    tasks.STUCK_RETURNED.clear()
+    try:
+        with override_settings(TASKS=configured):
+            hung = tasks.stuck.enqueue(30)
+            quick = tasks.add.enqueue(1, 2)
+            run_worker()
+            result = tasks.stuck.get_result(hung.id)
+            assert result.status == TaskResultStatus.FAILED
+            assert result.attempts == 2
+            assert result.errors[-1].exception_class_path == "builtins.TimeoutError"
+            assert tasks.add.get_result(quick.id).status == TaskResultStatus.SUCCESSFUL
+    finally:
+        tasks.RELEASE_STUCK.set()
+        assert tasks.STUCK_RETURNED.wait(10)
+
+
+def test_queue_timeout_must_be_positive_seconds() -> None:
+    with pytest.raises(DjangoConfigurationError, match="QUEUE_TIMEOUT"):
+        BackendOptions.parse("default", {"QUEUE_TIMEOUT": {"default": 0}})
+    with pytest.raises(DjangoConfigurationError, match="QUEUE_TIMEOUT"):
+        BackendOptions.parse("default", {"QUEUE_TIMEOUT": {"default": "30s"}})
+

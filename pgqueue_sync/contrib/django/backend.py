@@ -79,7 +79,7 @@ DEFAULT_RETRY_BACKOFF = 2.0
 DEFAULT_MAX_RETRY_DELAY = 300.0
 _stores: weakref.WeakKeyDictionary[Queries, TaskStore] = weakref.WeakKeyDictionary()
 _OPTIONS = ("DATABASE_ALIAS", "MAX_ATTEMPTS", "RETRY_DELAY", "RETRY_BACKOFF", "MAX_RETRY_DELAY",
-            "QUEUE_CONCURRENCY")
+            "QUEUE_CONCURRENCY", "QUEUE_TIMEOUT")
 
 
 # The backport's Task has slots only on Python 3.11+; a slotted subclass of it
@@ -107,6 +107,7 @@ class BackendOptions:
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY
     queue_concurrency: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    queue_timeout: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def parse(cls, alias: str, raw: Mapping[str, Any]) -> BackendOptions:
@@ -125,6 +126,7 @@ class BackendOptions:
             retry_backoff=raw.get("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
             max_retry_delay=raw.get("MAX_RETRY_DELAY", DEFAULT_MAX_RETRY_DELAY),
             queue_concurrency=dict(raw.get("QUEUE_CONCURRENCY") or {}),
+            queue_timeout=dict(raw.get("QUEUE_TIMEOUT") or {}),
         )
         options._check(where)
         return options
@@ -142,6 +144,10 @@ class BackendOptions:
             _require(isinstance(queue, str) and _is_int(limit) and limit >= 0,
                      f"{where}['QUEUE_CONCURRENCY'] maps queue names to ints >= 0 "
                      f"(0: no limit), got {queue!r}: {limit!r}")
+        for queue, seconds in self.queue_timeout.items():
+            _require(isinstance(queue, str) and _is_number(seconds) and seconds > 0,
+                     f"{where}['QUEUE_TIMEOUT'] maps queue names to seconds > 0 (a task "
+                     f"running longer fails with TimeoutError), got {queue!r}: {seconds!r}")
         _require(self.database_alias is None or isinstance(self.database_alias, str),
                  f"{where}['DATABASE_ALIAS'] must be a DATABASES alias")
 
@@ -405,7 +411,9 @@ def register_task_entrypoints(pgq: PgQueuer, *, queues: Sequence[str] | None = N
 
     ``queues`` defaults to every queue of every ``TASKS`` entry using this
     backend on the worker's database. ``QUEUE_CONCURRENCY`` becomes the
-    entrypoint's fleet-wide ``concurrency_limit``. Results are always stored
+    entrypoint's fleet-wide ``concurrency_limit``, ``QUEUE_TIMEOUT`` its per-job
+    ``timeout`` (a task running longer fails with :class:`TimeoutError`, or is
+    retried while its ``max_attempts`` allow). Results are always stored
     (the backend reads them back). Raises :class:`DjangoConfigurationError`
     when no backend is configured.
     """
@@ -418,15 +426,18 @@ def register_task_entrypoints(pgq: PgQueuer, *, queues: Sequence[str] | None = N
             "configure one, or start the worker with --no-tasks"
         )
     limits: dict[str, int] = {}
+    timeouts: dict[str, float] = {}
     for backend in backends.values():
         limits.update(backend.backend_options.queue_concurrency)
+        timeouts.update(backend.backend_options.queue_timeout)
     names = []
     for queue in queues or task_queues(backends):
         name = task_entrypoint(queue)
         if name in pgq.qm.entrypoint_registry:
             continue
         pgq.entrypoint(name, executor_factory=DjangoTaskExecutor, store_result=True,
-                       concurrency_limit=limits.get(queue, 0))(django_task)
+                       concurrency_limit=limits.get(queue, 0),
+                       timeout=timeouts.get(queue))(django_task)
         names.append(name)
     return names
 

@@ -72,6 +72,25 @@ class DjangoTaskExecutor(AbstractEntrypointExecutor):
         """Always False: ``async def`` tasks too run in a handler thread (``async_to_sync``)."""
         return False
 
+    def timed_out(self, job: Job, error: TimeoutError) -> BaseException:
+        """A task past its queue's ``QUEUE_TIMEOUT`` fails like one that raised
+        ``error``: retried while its ``max_attempts`` allow, after its backoff.
+        (Its thread may still run the task, so no ``task_finished`` is sent.)"""
+        try:
+            record = TaskRecord.from_payload(job.payload)
+            backend = _backend_for(job, record)
+        except Exception:  # not a task this worker can read: a plain failure
+            return error
+        runs = job.attempts + 1
+        if runs >= record.max_attempts:
+            return error
+        delay = backend.backend_options.retry_delay_after(runs, record.retry_delay)
+        logger.info("task job %d timed out (attempt %d of %d); retrying in %.1fs",
+                    job.id, runs, record.max_attempts, delay)
+        retry = RetryRequested(delay=delay, reason=f"TimeoutError: {error}")
+        retry.__cause__ = error
+        return retry
+
     def execute(self, job: Job, context: Context) -> Any:
         """Run the job's task; returns what the results table keeps (record and value)."""
         tidy_connections()

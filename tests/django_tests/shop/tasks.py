@@ -64,3 +64,19 @@ def connection_state() -> dict:
     Order.objects.exists()
     return {"closed_at_start": closed, "thread": threading.current_thread().name,
             "database": connections["default"].settings_dict["NAME"]}
+
+
+#: ``stuck`` waits for this (at most its argument in seconds); tests set it in finally.
+RELEASE_STUCK = threading.Event()
+#: Set when a ``stuck`` run returns, so a test can wait for its late return.
+STUCK_RETURNED = threading.Event()
+
+
+@task(max_attempts=2, retry_delay=0)
+def stuck(seconds: float) -> str:
+    """Runs past a short QUEUE_TIMEOUT: a task that hangs."""
+    try:
+        RELEASE_STUCK.wait(seconds)
+        return "late"
+    finally:
+        STUCK_RETURNED.set()

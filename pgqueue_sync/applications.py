@@ -172,6 +172,9 @@ class PgQueuer:
         listen_dsn: str | None = None,
         poll_only: bool = False,
         poll_interval: timedelta | float = options.POLL_INTERVAL,
+        keep_log: timedelta | float | None = options.KEEP_LOG,
+        keep_statistics: timedelta | float | None = options.KEEP_STATISTICS,
+        keep_results: timedelta | float | None = options.KEEP_RESULTS,
     ) -> None:
         """Run the worker and the scheduler until shut down; see :meth:`QueueManager.run`.
 
@@ -197,6 +200,9 @@ class PgQueuer:
             "listen_dsn": listen_dsn,
             "poll_only": poll_only,
             "poll_interval": poll_interval,
+            "keep_log": keep_log,
+            "keep_statistics": keep_statistics,
+            "keep_results": keep_results,
         }
         if not self.sm.registry:
             self.qm.run(**worker_options)

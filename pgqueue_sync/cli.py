@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar, cast
 
 import click
@@ -25,7 +26,7 @@ from .cli_format import parse_duration, parse_headers, table, to_json, user_trac
 from .drivers import SyncPsycopgDriver, connect
 from .dsn import LIBPQ_DEFAULTS, ResolvedDSN, resolve_dsn
 from .errors import ConfigurationError, DuplicateJobError, FactoryError, PgqException
-from .options import POLL_INTERVAL
+from .options import KEEP_LOG, KEEP_RESULTS, KEEP_STATISTICS, MIN_RETENTION, POLL_INTERVAL
 from .queries import BULK_BATCH_SIZE, BulkPlan, BulkResult, ErrorRecord, Queries
 from .schema import Schema, durability_script, install_script, uninstall_script
 from .settings import DBSettings
@@ -179,6 +180,49 @@ class Seconds(click.ParamType):  # type: ignore[type-arg]
         if seconds < self.minimum:
             self.fail(f"must be at least {self.minimum:g}s, got {value!r}", param, ctx)
         return seconds
+
+
+#: What ``--keep-*`` options take to turn retention off (kept apart from "not given").
+RETENTION_OFF = "off"
+
+
+class RetentionWindow(click.ParamType):  # type: ignore[type-arg]
+    """A retention window (``7d``, ``12h``, ``90m``, seconds) or ``off``.
+
+    Converted to a ``timedelta``, or :data:`RETENTION_OFF`; shorter than
+    :data:`~pgqueue_sync.options.MIN_RETENTION` fails with one line.
+    """
+
+    name = "duration|off"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta | str:
+        if isinstance(value, timedelta):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = repr(value)
+        text = str(value).strip().lower()
+        if text == RETENTION_OFF:
+            return RETENTION_OFF
+        try:
+            window = parse_duration(text, option="")
+        except ConfigurationError as exc:
+            self.fail(f"{_one_line(exc)}, or 'off'", param, ctx)
+        if window < MIN_RETENTION:
+            self.fail(f"must be at least {MIN_RETENTION.total_seconds():g}s (e.g. 7d), or "
+                      f"'off', got {value!r}", param, ctx)
+        return window
+
+
+def _retention_option(name: str, what: str, default: timedelta | None) -> Callable[[F], F]:
+    variable = f"PGQUEUE_SYNC_KEEP_{name.upper()}"
+    shown = "off" if default is None else f"{default.days}d"
+    return click.option(
+        f"--keep-{name}", type=RetentionWindow(), envvar=variable, default=None,
+        help=f"Delete {what} older than this (7d, 12h, ...; 'off' keeps them) "
+        f"(env {variable}).  [default: {shown}]",
+    )
 
 
 def json_option(func: F) -> F:
@@ -597,6 +641,9 @@ def _report(verb: str, asked: Sequence[int], done: Sequence[int], why: str) -> N
 @click.option("--poll-interval", type=Seconds(positive=True), default=None,
               help="Seconds between polls with --poll-only, or while the listener hears "
               f"nothing.  [default: {POLL_INTERVAL.total_seconds():g}]")
+@_retention_option("log", "log rows (once aggregated, of jobs no longer queued)", KEEP_LOG)
+@_retention_option("statistics", "statistics rows", KEEP_STATISTICS)
+@_retention_option("results", "stored results (of jobs no longer queued)", KEEP_RESULTS)
 @click.option("--restart-on-failure", is_flag=True, help="Rebuild and restart a failed worker.")
 @click.option("--restart-delay", type=Seconds(), default=5.0, show_default=True,
               help="Seconds before a restart.")
@@ -631,6 +678,7 @@ def run(factory: str, args: Sequence[str], restart_on_failure: bool, restart_del
         )
     _export_globals(_state())
     options = {k: v for k, v in options.items() if v is not None}
+    options = {k: None if v is RETENTION_OFF else v for k, v in options.items()}
     group = {k: options.pop(k) for k in PROCESS_OPTIONS if k in options}
     if group:  # children are always replaced: --restart-on-failure adds nothing
         process_group.run(factory, args, processes=group.pop("processes", 1),

@@ -31,7 +31,7 @@ What it cannot reproduce:
 #     mark_job_as_cancelled, notify_job_cancellation,
 #     notify_health_check, update_heartbeat, queue_size, queue_log, job_status,
 #     queued_work, eligible_queued_work, poll_state, next_deferred_eta, clear_queue,
-#     clear_queue_log, clear_statistics_log, aggregate_logs, log_statistics,
+#     clear_queue_log, clear_statistics_log, aggregate_logs, prune_expired, log_statistics,
 #     insert_schedule, fetch_schedule, set_schedule_queued, update_schedule_heartbeat,
 #     peek_schedule, delete_schedule, clear_schedule;
 #   * ``driver.add_listener(callback) -> unsubscribe``: the LISTEN replacement,
@@ -59,6 +59,7 @@ from .models import (
     Log,
     LogStatistics,
     QueueStatistics,
+    RetentionStep,
     Schedule,
     TableHealth,
     TracebackRecord,
@@ -106,6 +107,7 @@ from .types import (
     OnConflict,
     QueueEntrypoint,
     QueueManagerId,
+    RetentionTable,
     ScheduleId,
 )
 
@@ -819,6 +821,16 @@ class InMemoryQueries:
         with self._statement() as s:
             _aggregate(s)
 
+    def prune_expired(
+        self, table: RetentionTable, keep: timedelta, *, after: int | None, batch_size: int
+    ) -> RetentionStep:
+        """As :meth:`Queries.prune_expired`; the lock is the driver's (always taken)
+        and there is no results table (nothing to prune there)."""
+        if table == "results":
+            return RetentionStep(locked=True, deleted=0, last_id=None, done=True)
+        with self._statement() as s:
+            return _prune_step(s, table, s.now - keep, after, batch_size)
+
     def log_statistics(
         self, tail: int | None = None, last: timedelta | None = None, *, limit: int | None = None
     ) -> list[LogStatistics]:
@@ -1145,6 +1157,29 @@ def _aggregate(s: _Statement) -> None:
             cast("JOB_STATUS", status),
             entrypoint,
         )
+
+
+def _prune_step(
+    s: _Statement, table: str, cutoff: datetime, after: int | None, batch: int
+) -> RetentionStep:
+    # The same walk as the SQL (sql/ops.py retention_batch): the next ``batch``
+    # rows by id, old and eligible ones deleted; a batch without old rows ends the walk.
+    rows: list[Any] = s.db.log_rows if table == "log" else sorted(
+        s.db.statistics.values(), key=lambda r: r.id)
+    seen = [r for r in rows if after is None or r.id > after][:batch]
+    doomed = {
+        r.id for r in seen
+        if r.created < cutoff and (table != "log" or (r.aggregated and r.job_id not in s.db.jobs))
+    }
+    if table == "log":
+        s.db.log_rows[:] = [r for r in s.db.log_rows if r.id not in doomed]
+    else:
+        for key in [k for k, r in s.db.statistics.items() if r.id in doomed]:
+            del s.db.statistics[key]
+    old = any(r.created < cutoff for r in seen)
+    return RetentionStep(locked=True, deleted=len(doomed),
+                         last_id=max((r.id for r in seen), default=None),
+                         done=len(seen) < batch or not old)
 
 
 def _new_job(now: datetime, job_id: int, rows: Mapping[str, list[Any]], i: int) -> _JobRow:

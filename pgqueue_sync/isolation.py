@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 START_METHOD = "spawn"
 #: Seconds :meth:`ProcessIsolation.close` waits for children to finish their jobs.
 CLOSE_TIMEOUT = 10.0
+#: How often a call waiting for its child looks whether the pool was stopped (seconds).
+RESULT_WAIT_SLICE = 0.5
 #: How to get the pool library.
 INSTALL_HINT = 'pip install "pgqueue_sync[process]"'
 
@@ -90,14 +92,16 @@ class ProcessIsolation:
         self.processes = processes
         self._pool: Any = None
         self._lock = threading.Lock()
-        self._closed = False
+        self._kills = 0  # immediate closes so far: a waiting call gives up on a change
 
     def __call__(self, job: Job, context: Context) -> Any:
-        future = self._ensure_pool().schedule(self.func, args=(job,))
+        with self._lock:
+            future = self._ensure_pool().schedule(self.func, args=(job,))
+            generation = self._kills
         # A cancelled job (or one past its entrypoint's timeout) kills its child.
         context.cancellation.add_callback(future.cancel)
         try:
-            return future.result()
+            return self._result(future, generation)
         except concurrent.futures.CancelledError:
             raise JobCancelled() from None
         except _pebble().ProcessExpired as exc:
@@ -106,11 +110,28 @@ class ProcessIsolation:
                 f"(exit code {exc.exitcode})"
             ) from None
 
+    def _result(self, future: Any, generation: int) -> Any:
+        # In slices: a pool stopped at once (a hand-back) must free this thread even
+        # if its future is never resolved.
+        while True:
+            try:
+                return future.result(timeout=RESULT_WAIT_SLICE)
+            except TimeoutError:
+                if self._kills != generation:
+                    future.cancel()
+                    raise HandlerProcessDied(
+                        f"entrypoint {self.entrypoint!r}: its process was stopped with the "
+                        f"worker"
+                    ) from None
+
     def close(self, *, immediate: bool = False, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop the children: let running jobs finish (up to ``timeout``), or kill them
-        at once with ``immediate``. Idempotent; a closed pool takes no more jobs."""
+        at once with ``immediate``. Idempotent; the next job (a later ``run()``)
+        starts a new pool."""
         with self._lock:
-            pool, self._pool, self._closed = self._pool, None, True
+            pool, self._pool = self._pool, None
+            if immediate:
+                self._kills += 1
         if pool is None:
             return
         if immediate:
@@ -125,19 +146,12 @@ class ProcessIsolation:
             pool.join(timeout)
 
     def _ensure_pool(self) -> Any:
-        with self._lock:
-            if self._closed:
-                raise PgqException(
-                    f"entrypoint {self.entrypoint!r}: its process pool is closed (the worker "
-                    f"is stopping)"
-                )
-            if self._pool is None:
-                pebble = _pebble()
-                self._pool = pebble.ProcessPool(
-                    max_workers=self.processes,
-                    context=multiprocessing.get_context(START_METHOD),
-                )
-            return self._pool
+        # Called with the lock held.
+        if self._pool is None:
+            self._pool = _pebble().ProcessPool(
+                max_workers=self.processes, context=multiprocessing.get_context(START_METHOD)
+            )
+        return self._pool
 
 
 def _pebble() -> Any:

@@ -11,7 +11,9 @@ dashboards built for PgQueuer's exporter keep working:
   over the last ``window`` (5 minutes);
 
 plus ``pgqueue_sync_oldest_ready_job_age_seconds{entrypoint}``,
-``pgqueue_sync_active_workers`` and ``pgqueue_sync_stale_jobs``.
+``pgqueue_sync_active_workers`` and ``pgqueue_sync_stale_jobs``; a worker
+serving metrics adds ``pgqueue_sync_pruned_rows_total{table}``, the rows its
+retention pruner removed (a counter of the process, read from memory).
 A worker serving metrics also exposes ``/healthz`` (see :class:`MetricsServer`).
 """
 
@@ -21,7 +23,7 @@ import collections
 import http.server
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -52,10 +54,17 @@ def _prometheus() -> Any:
 class QueueCollector:
     """A ``prometheus_client`` collector that reads the queue on each scrape."""
 
-    def __init__(self, queries: Queries, *, window: timedelta = LOG_WINDOW) -> None:
+    def __init__(
+        self,
+        queries: Queries,
+        *,
+        window: timedelta = LOG_WINDOW,
+        pruned: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.queries = queries
         self.ops = OpsQueries(queries.driver, queries.settings)
         self.window = window
+        self.pruned = pruned
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -74,6 +83,15 @@ class QueueCollector:
             logs.add_metric(["sum", entrypoint, status], count)
         yield logs
         yield from self._ops_metrics(GaugeMetricFamily)
+        if self.pruned is not None:
+            from prometheus_client.core import CounterMetricFamily
+
+            pruned = CounterMetricFamily("pgqueue_sync_pruned_rows",
+                                         "Rows this worker's retention pruner removed.",
+                                         labels=["table"])
+            for table, count in sorted(self.pruned().items()):
+                pruned.add_metric([table], count)
+            yield pruned
 
     def _queue_counts(self) -> dict[tuple[str, str], int]:
         totals: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -100,11 +118,17 @@ class QueueCollector:
                      value=len(self.ops.stale_jobs(STALE_AFTER, limit=None)))
 
 
-def collect_metrics(queries: Queries, *, window: timedelta = LOG_WINDOW) -> str:
-    """The Prometheus text exposition of the queue, read now."""
+def collect_metrics(
+    queries: Queries,
+    *,
+    window: timedelta = LOG_WINDOW,
+    pruned: Callable[[], Mapping[str, int]] | None = None,
+) -> str:
+    """The Prometheus text exposition of the queue, read now (``pruned``: a
+    worker's :attr:`~pgqueue_sync.retention.Pruner.totals`)."""
     prometheus = _prometheus()
     registry = prometheus.CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(queries, window=window))
+    registry.register(QueueCollector(queries, window=window, pruned=pruned))
     return str(prometheus.generate_latest(registry).decode())
 
 
@@ -124,10 +148,12 @@ class MetricsServer:
         port: int,
         host: str = "0.0.0.0",
         health: Callable[[], bool] | None = None,
+        pruned: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         _prometheus()
         self.queries = queries
         self.health = health or (lambda: True)
+        self.pruned = pruned
         handler = _handler_for(self)
         try:
             self._server = http.server.ThreadingHTTPServer((host, port), handler)
@@ -160,7 +186,7 @@ class MetricsServer:
             return (200, "ok\n") if healthy else (503, "listener not responding\n")
         if path == "/metrics":
             try:
-                return 200, collect_metrics(self.queries)
+                return 200, collect_metrics(self.queries, pruned=self.pruned)
             except PgqException as exc:
                 return 503, f"metrics unavailable: {exc}\n"
         return 404, "not found; try /metrics or /healthz\n"

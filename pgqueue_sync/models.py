@@ -404,3 +404,19 @@ class TableHealth:
     autovacuum: bool
     owner: bool
     now: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionStep:
+    """One retention statement (:meth:`Queries.prune_expired`): its own short transaction.
+
+    ``locked`` is false when another session held the retention lock: the step
+    did nothing. ``last_id`` is the highest id it looked at (the next step
+    starts after it; ``None`` where the table is not walked by id). ``done``:
+    nothing older than the window is left to look at in this pass.
+    """
+
+    locked: bool
+    deleted: int
+    last_id: int | None
+    done: bool

@@ -27,6 +27,7 @@ from .drivers.base import Driver
 from .models import Schedule, utc_now
 from .settings import DBSettings, db_settings
 from .sql.ops import (
+    BEFORE_ANY_ID,
     LABEL_WORKER_SESSION,
     WORKER_SESSION_ID_PATTERN,
     WORKER_SESSION_OID_PATTERN,
@@ -56,8 +57,6 @@ UNSERVED_GRACE = options.DEQUEUE_TIMEOUT
 WorkerSeen = Literal["connected", "holding", "stale"]
 
 PrunableTable = Literal["log", "stats"]
-# Below every id the sequences hand out; the prune walk starts after it.
-_BEFORE_ANY_ID = -(2**63)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,7 +502,7 @@ class OpsQueries:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         deleted = batches = 0
-        after = _BEFORE_ANY_ID
+        after = BEFORE_ANY_ID
         while plan.count and plan.last_id is not None:
             batch = self._prune_batch(plan.table, plan.cutoff, after, plan.last_id, batch_size)
             if not batch.deleted or batch.last_id is None:

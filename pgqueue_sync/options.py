@@ -61,6 +61,14 @@ HEALTH_CHECK_TIMEOUT = timedelta(seconds=10)
 #: ``poll_only`` (no LISTEN, e.g. behind PgBouncer in transaction mode), until its
 #: listener first echoes a probe, and while a failed probe says it hears nothing.
 POLL_INTERVAL = timedelta(seconds=1)
+#: How long the workers' pruner keeps log rows, statistics rows and stored results
+#: (docs/retention.md); ``None`` keeps them forever.
+KEEP_LOG: timedelta | None = timedelta(days=7)
+KEEP_STATISTICS: timedelta | None = timedelta(days=30)
+KEEP_RESULTS: timedelta | None = timedelta(days=7)
+#: The shortest retention window: a final log row must outlive the few seconds a
+#: CompletionWatcher may take to read it.
+MIN_RETENTION = timedelta(minutes=1)
 #: An entrypoint's per-job timeout (``entrypoint(timeout=...)``): None, no timeout.
 ENTRYPOINT_TIMEOUT: timedelta | None = None
 #: Where an entrypoint's ``def`` handler runs (``entrypoint(isolation=...)``).
@@ -132,6 +140,23 @@ def positive_duration(name: str, value: timedelta | float | int) -> timedelta:
 def optional_duration(name: str, value: timedelta | float | int | None) -> timedelta | None:
     """``None`` stays ``None``; anything else must be a positive duration."""
     return None if value is None else positive_duration(name, value)
+
+
+def retention(
+    name: str, value: timedelta | float | int | None, *, off: str = "None"
+) -> timedelta | None:
+    """A retention window: ``None`` (keep forever) or a duration of at least
+    :data:`MIN_RETENTION` (seconds or a ``timedelta``); ``off`` names the way to
+    turn it off in the message."""
+    if value is None:
+        return None
+    result = duration(name, value)
+    if result < MIN_RETENTION:
+        raise ConfigurationError(
+            f"{name} must be at least {MIN_RETENTION.total_seconds():g} seconds "
+            f"(e.g. timedelta(days=7)), or {off} to keep every row; got {value!r}"
+        )
+    return result
 
 
 def job_timeout(value: timedelta | float | int | None) -> timedelta | None:
@@ -236,6 +261,9 @@ class RunOptions:
     listen_dsn: str | None = dataclasses.field(default=None, repr=False)
     poll_only: bool = False
     poll_interval: timedelta = POLL_INTERVAL
+    keep_log: timedelta | None = KEEP_LOG
+    keep_statistics: timedelta | None = KEEP_STATISTICS
+    keep_results: timedelta | None = KEEP_RESULTS
 
     @classmethod
     def build(
@@ -255,6 +283,9 @@ class RunOptions:
         listen_dsn: str | None = None,
         poll_only: bool = False,
         poll_interval: timedelta | float = POLL_INTERVAL,
+        keep_log: timedelta | float | None = KEEP_LOG,
+        keep_statistics: timedelta | float | None = KEEP_STATISTICS,
+        keep_results: timedelta | float | None = KEEP_RESULTS,
     ) -> RunOptions:
         """Validate everything up front; raises :class:`ConfigurationError`."""
         batch = positive_int("batch_size", batch_size)
@@ -279,6 +310,9 @@ class RunOptions:
             listen_dsn=_listen_dsn(listen_dsn, poll_only, shutdown_on_listener_failure),
             poll_only=bool(poll_only),
             poll_interval=positive_duration("poll_interval", poll_interval),
+            keep_log=retention("keep_log", keep_log),
+            keep_statistics=retention("keep_statistics", keep_statistics),
+            keep_results=retention("keep_results", keep_results),
         )
 
 

@@ -18,6 +18,7 @@ Threads (all named ``pgqueue_sync-*``): the caller of :meth:`QueueManager.run`
 is the dispatcher; ``-runner-N`` run handlers; ``-listener`` receives NOTIFY;
 ``-flusher`` writes outcomes; ``-heartbeat`` keeps running jobs alive;
 ``-health`` probes the listener; ``-aggregator`` folds logs into statistics;
+``-pruner`` keeps the log, statistics and results within their retention windows;
 ``-event-loop`` runs coroutines when an async handler is registered.
 """
 
@@ -37,7 +38,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any, NamedTuple, TypeVar
 
-from . import options, upkeep
+from . import options, retention, upkeep
 from .aio import EscapedBaseException, EventLoopThread
 from .backoff import Backoff
 from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
@@ -75,6 +76,7 @@ from .ops import label_worker_session
 from .queries import EntrypointExecutionParameter, PollState, Queries
 from .ratelimit import TokenBucket
 from .results import StoredResult, encode_result, missing_table_problem
+from .retention import Pruner
 from .threads import IDLE, JOIN_TIMEOUT, HandlerPool, Idle, Ticker
 from .timeouts import EXPIRY_BOOKKEEPING_WAIT, TimedRun, Watchdog, stack_traceback
 from .tracing import TracingProtocol, get_tracer, is_active, process_span
@@ -199,6 +201,8 @@ class QueueManager:
         self._next_stale_check = 0.0
         #: The queue table's upkeep while run() runs (None before, or when turned off).
         self.upkeep: QueueUpkeep | None = None
+        #: The retention pruner while run() runs (None before, or with every window off).
+        self.pruner: Pruner | None = None
         self._loop: EventLoopThread | None = None
         self._buffer: CompletionBuffer | None = None
         self._heartbeats: Heartbeats | None = None
@@ -338,6 +342,9 @@ class QueueManager:
         listen_dsn: str | None = None,
         poll_only: bool = False,
         poll_interval: timedelta | float = options.POLL_INTERVAL,
+        keep_log: timedelta | float | None = options.KEEP_LOG,
+        keep_statistics: timedelta | float | None = options.KEEP_STATISTICS,
+        keep_results: timedelta | float | None = options.KEEP_RESULTS,
     ) -> None:
         """Process jobs until :attr:`shutdown` is set (or, in drain mode, until idle).
 
@@ -370,6 +377,12 @@ class QueueManager:
         listener and looks for jobs every ``poll_interval`` (default 1 s). When
         the listener fails its self-probe, the worker warns once and polls every
         ``poll_interval`` until it hears again. See docs/pgbouncer.md.
+
+        Retention: about once a minute one worker of the fleet deletes log rows
+        older than ``keep_log`` (default 7 days; only aggregated rows of jobs no
+        longer in the queue), statistics older than ``keep_statistics`` (30
+        days) and stored results older than ``keep_results`` (7 days), in small
+        batches; ``None`` keeps that table's rows forever. See docs/retention.md.
         """
         opts = options.RunOptions.build(
             dequeue_timeout=dequeue_timeout,
@@ -386,6 +399,9 @@ class QueueManager:
             listen_dsn=listen_dsn,
             poll_only=poll_only,
             poll_interval=poll_interval,
+            keep_log=keep_log,
+            keep_statistics=keep_statistics,
+            keep_results=keep_results,
         )
         if opts.listen_dsn is not None and _in_process(self.queries.driver):
             raise ConfigurationError(
@@ -410,6 +426,12 @@ class QueueManager:
         # run() may be called again on the same worker.
         for event in (self._halt, self._stop_now, self._recovered):
             event.clear()
+        if self._drained:
+            # The last run set shutdown itself on draining (as PgQueuer does): a
+            # later run (a script or cron job draining again) starts afresh
+            # instead of stopping at once with the new jobs left queued. A
+            # shutdown set by a caller or a signal is left alone.
+            self.shutdown.clear()
         self._signals = 0
         self._next_stale_check = 0.0
         self._fatal = None
@@ -636,6 +658,20 @@ class QueueManager:
             keeper = Ticker(self.upkeep, upkeep.INTERVAL, name="pgqueue_sync-upkeep").start()
             keeper.wake()  # look at once: a backlog enqueued before the start needs it most
             stack.push(lambda: keeper.stop(QUICK_JOIN_TIMEOUT))
+        self._start_pruner(opts, stack)
+
+    def _start_pruner(self, opts: options.RunOptions, stack: _Lifecycle) -> None:
+        pruner = Pruner(self.queries, keep_log=opts.keep_log,
+                        keep_statistics=opts.keep_statistics, keep_results=opts.keep_results,
+                        stopping=self._halt.is_set)
+        self.pruner = pruner if pruner.enabled else None  # run() may be called again
+        if not pruner.enabled:
+            return
+        # No pass at start: a fleet restarting together would all try at once, and the
+        # next pass comes within a minute anyway. A pass stops between statements once
+        # the worker halts, so the join waits for one statement at most.
+        ticker = Ticker(pruner, retention.INTERVAL, name="pgqueue_sync-pruner").start()
+        stack.push(lambda: ticker.stop(QUICK_JOIN_TIMEOUT))
 
     def _watch_shutdown(self) -> Callable[[], None]:
         """Turn ``shutdown.set()`` from any thread into wake-ups of every waiting loop.

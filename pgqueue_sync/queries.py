@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .drivers.base import Driver, fetch_expecting
+from .drivers.base import Driver, check_reply
 from .errors import (
     ConfigurationError,
     DatabaseError,
@@ -35,6 +36,7 @@ from .models import (
     Log,
     LogStatistics,
     QueueStatistics,
+    RetentionStep,
     Schedule,
     TableHealth,
     TracebackRecord,
@@ -43,8 +45,10 @@ from .models import (
 )
 from .options import HEARTBEAT_TIMEOUT, duration, key_text
 from .settings import DBSettings, db_settings
+from .sql import results as results_sql
 from .sql import upkeep as upkeep_sql
 from .sql.arrays import bytea_array, int_array, text_array
+from .sql.ops import BEFORE_ANY_ID, RETENTION_GATE, OpsStatements, retention_lock_key
 from .sql.statements import Statements, finish_steps
 from .tracing import TracingProtocol, get_tracer, is_active, merge_publish_headers
 from .types import (
@@ -58,6 +62,7 @@ from .types import (
     JobId,
     OnConflict,
     QueueManagerId,
+    RetentionTable,
     ScheduleId,
 )
 
@@ -65,8 +70,6 @@ if TYPE_CHECKING:
     from .results import StoredResult
 
 _T = TypeVar("_T")
-#: The columns a claim's reply must have (each a :class:`Job` field).
-JOB_FIELDS = tuple(field.name for field in dataclasses.fields(Job))
 #: Log rows folded into statistics per transaction, and transactions per call.
 AGGREGATE_CHUNK = 20_000
 AGGREGATE_MAX_CHUNKS = 100
@@ -100,8 +103,6 @@ BULK_SWEEP_PAUSE = 0.1
 BULK_REPORTED_IDS = 100
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 NOTIFY_PAYLOAD_LIMIT = 7_999
-# Below every id the sequence hands out: where a bulk walk starts.
-_BEFORE_ANY_ID = -(2**63)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +364,8 @@ class Queries:
             "heartbeat_timeout": heartbeat_timeout,
         }
         try:
-            rows = fetch_expecting(self.driver, query, params, JOB_FIELDS)
+            rows = self.driver.fetch(query, params)
+            check_reply(rows, query)  # psycopg drivers check (and drop) themselves
         except UniqueViolation as exc:
             if exc.constraint_name != self.settings.index_name("picked_slot_idx"):
                 raise
@@ -776,6 +778,52 @@ class Queries:
             if not rows or rows[0]["flipped"] < AGGREGATE_CHUNK:
                 return  # all folded, or another process holds the lock
 
+    def prune_expired(
+        self, table: RetentionTable, keep: timedelta, *, after: int | None, batch_size: int
+    ) -> RetentionStep:
+        """One step of the workers' pruner: delete up to ``batch_size`` rows of
+        ``table`` older than ``keep``, in one statement (one short transaction).
+
+        Only with the retention lock, tried and never waited for (``locked``
+        false: another worker prunes; nothing was done). ``log`` rows go only
+        once aggregated and once their job has left the queue table; ``results``
+        only of jobs no longer queued, and nothing when the results table is
+        not installed. ``log`` and ``statistics`` are walked by id: pass the
+        previous step's ``last_id`` as ``after`` (``None`` to start).
+        See :mod:`pgqueue_sync.retention`.
+        """
+        params = {"lock_key": self._retention_key, "keep": keep, "batch": batch_size}
+        if table == "results":
+            return self._prune_results_step(params)
+        walked = {"log": "log", "statistics": "stats"}[table]
+        params["after"] = BEFORE_ANY_ID if after is None else after
+        row = self.driver.fetch(self._ops_statements.retention_batch(walked), params)[0]
+        return RetentionStep(locked=row["locked"], deleted=row["deleted"],
+                             last_id=row["last_id"], done=row["done"])
+
+    def _prune_results_step(self, params: dict[str, Any]) -> RetentionStep:
+        query, check = results_sql.exists(self.settings)
+        if not self.driver.fetch(query, check)[0]["present"]:
+            return RetentionStep(locked=True, deleted=0, last_id=None, done=True)
+        params["age"] = params.pop("keep")
+        row = self.driver.fetch(self._prune_results_query, params)[0]
+        deleted = int(row["count"])
+        return RetentionStep(locked=bool(row["locked"]), deleted=deleted, last_id=None,
+                             done=deleted < params["batch"])
+
+    @functools.cached_property
+    def _ops_statements(self) -> OpsStatements:
+        return OpsStatements(self.settings)
+
+    @functools.cached_property
+    def _retention_key(self) -> str:
+        return retention_lock_key(self.settings.qualified_text("queue_table_log"))
+
+    @functools.cached_property
+    def _prune_results_query(self) -> sql.SQL:
+        composed = results_sql.prune_batch(self.settings, gate=RETENTION_GATE)
+        return sql.SQL(composed.as_string())
+
     def log_statistics(
         self, tail: int | None = None, last: timedelta | None = None, *, limit: int | None = None
     ) -> list[LogStatistics]:
@@ -887,7 +935,7 @@ def walk_bulk(
     for sweep in range(sweeps):
         if sweep:
             time.sleep(BULK_SWEEP_PAUSE)
-        after, kept = _BEFORE_ANY_ID, 0
+        after, kept = BEFORE_ANY_ID, 0
         while True:
             rows = run_batch(after)
             if not rows:

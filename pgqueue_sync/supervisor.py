@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -209,13 +209,17 @@ def _serve_metrics(worker: Runnable, port: int | None) -> Iterator[None]:
     from .metrics import HEALTH_TIMEOUT, MetricsServer
 
     qm = worker.qm if isinstance(worker, PgQueuer) else worker
+    pruned: Callable[[], Mapping[str, int]] | None = None
     if isinstance(qm, QueueManager) and qm.entrypoint_registry:
         def health() -> bool:
             return qm.healthy(HEALTH_TIMEOUT)
+
+        def pruned() -> Mapping[str, int]:
+            return qm.pruner.totals if qm.pruner is not None else {}
     else:  # a scheduler alone: alive while it has not been asked to stop
         def health() -> bool:
             return not worker.shutdown.is_set()
-    server = MetricsServer(worker.queries, port=port, health=health).start()
+    server = MetricsServer(worker.queries, port=port, health=health, pruned=pruned).start()
     try:
         yield
     finally:

@@ -43,6 +43,8 @@ ON_FAILURE_MODES: tuple[OnFailure, ...] = ("delete", "hold")
 #: Where an entrypoint's ``def`` handler runs: a worker thread, or a child process
 #: that a timeout or a cancellation can kill (``entrypoint(isolation=...)``).
 Isolation = Literal["thread", "process"]
+#: The tables the worker's pruner keeps within their retention window (docs/retention.md).
+RetentionTable = Literal["log", "statistics", "results"]
 ISOLATION_MODES: tuple[Isolation, ...] = ("thread", "process")
 
 

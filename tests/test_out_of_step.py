@@ -20,22 +20,28 @@ from psycopg_pool import ConnectionPool
 
 from pgqueue_sync import ConnectionFailed, SyncPsycopgDriver
 from pgqueue_sync.drivers import SyncPsycopgPoolDriver
-from pgqueue_sync.drivers.base import fetch_expecting
+from pgqueue_sync.drivers.base import ExpectingColumns, check_reply
 
 from .worker_helpers import make_pgq, running, wait_for
 
 FOREIGN = "SELECT 1"
 
 
+def foreign(*columns: str) -> ExpectingColumns:
+    """A statement expecting ``columns`` that gets another reply, as PgBouncer gave one."""
+    return ExpectingColumns(FOREIGN, columns)
+
+
 def test_a_reply_without_the_expected_columns_drops_the_connection(conn):
     driver = SyncPsycopgDriver(conn)
     first = driver.connection
     with pytest.raises(ConnectionFailed, match="out of step") as caught:
-        fetch_expecting(driver, FOREIGN, None, ("id", "payload"))
+        driver.fetch(foreign("id", "payload"))
     assert caught.value.transient
     assert first.closed
     # The driver reconnects for the next statement.
-    assert fetch_expecting(driver, "SELECT 2 AS id, NULL AS payload", None, ("id", "payload"))
+    good = ExpectingColumns("SELECT 2 AS id, NULL AS payload", ("id", "payload"))
+    assert driver.fetch(good) == [{"id": 2, "payload": None}]
     assert driver.connection is not first
 
 
@@ -45,7 +51,7 @@ def test_the_pool_replaces_a_connection_found_out_of_step(dsn):
         with pool.connection() as lent:
             backend = lent.info.backend_pid
         with pytest.raises(ConnectionFailed, match="out of step"):
-            fetch_expecting(driver, FOREIGN, None, ("id",))
+            driver.fetch(foreign("id"))
         [row] = driver.fetch("SELECT pg_backend_pid() AS pid")
         assert row["pid"] != backend
 
@@ -61,11 +67,12 @@ class OneForeignReply:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.driver, name)
 
-    def fetch_expecting(self, query: Any, params: Any = None, columns: Any = ()) -> Any:
-        if columns and self.armed.is_set() and not self.tripped.is_set():
+    def fetch(self, query: Any, params: Any = None) -> Any:
+        if (isinstance(query, ExpectingColumns) and self.armed.is_set()
+                and not self.tripped.is_set()):
             self.tripped.set()
-            return self.driver.fetch_expecting(FOREIGN, None, columns)
-        return self.driver.fetch_expecting(query, params, columns)
+            return self.driver.fetch(foreign(*query.columns))
+        return self.driver.fetch(query, params)
 
 
 def test_a_worker_survives_a_claim_that_read_a_foreign_reply(dsn, queries, caplog):
@@ -85,15 +92,12 @@ def test_a_worker_survives_a_claim_that_read_a_foreign_reply(dsn, queries, caplo
     assert "out of step" in caplog.text
 
 
-def test_a_driver_without_the_check_gets_it_after_the_fact(dsn):
-    class Plain:
-        def __init__(self, driver: SyncPsycopgDriver) -> None:
-            self.driver = driver
-
-        def fetch(self, query: Any, params: Any = None) -> Any:
-            return self.driver.fetch(query, params)
-
+def test_other_drivers_get_the_check_after_the_fact(dsn):
+    """A driver of another kind runs the statement as plain SQL; the claim then
+    checks the rows it got."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        plain = Plain(SyncPsycopgDriver(conn))
-        with pytest.raises(ConnectionFailed, match="missing \\['id'\\]"):
-            fetch_expecting(plain, FOREIGN, None, ("id",))  # type: ignore[arg-type]
+        rows = [dict(zip(["?column?"], row, strict=True))
+                for row in conn.execute(FOREIGN).fetchall()]
+    with pytest.raises(ConnectionFailed, match="missing \\['id'\\]"):
+        check_reply(rows, foreign("id"))
+    check_reply([{"id": 1}], foreign("id"))  # the right columns pass

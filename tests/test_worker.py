@@ -488,3 +488,20 @@ def test_async_handlers_never_exceed_concurrency(dsn, queries):
         pgq.run(mode="drain", concurrency=2, batch_size=5, **FAST)
     assert statuses(queries, ids) == {i: "successful" for i in ids}
     assert 1 <= peak <= 2
+
+
+def test_a_second_drain_on_the_same_worker_runs_the_new_jobs(dsn, queries):
+    """A drain sets ``shutdown`` once the queue is empty (as PgQueuer does, and the
+    facade's scheduler stops on it); a script or cron job that drains again with
+    the same worker must not stop at once and leave the new jobs queued."""
+    ran: list[int] = []
+    with pool_for(dsn) as pool:
+        pgq = make_pgq(pool)
+        pgq.entrypoint("again")(lambda job: ran.append(job.id))
+        for count in (2, 3):
+            ids = queries.enqueue(["again"] * count, [None] * count)
+            pgq.run(mode="drain", **FAST)
+            assert set(ids) <= set(ran)
+            assert queries.queue_size() == []
+            assert pgq.shutdown.is_set()  # until the next run() starts
+    assert len(ran) == 5

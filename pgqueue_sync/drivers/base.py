@@ -128,29 +128,35 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def fetch_expecting(
-    driver: Driver, query: Query, params: Params = None, columns: Collection[str] = ()
-) -> list[Row]:
-    """``driver.fetch(query, params)``, for a statement whose reply must have ``columns``.
+class ExpectingColumns(sql.SQL):
+    """A statement whose reply must have ``columns`` (the claim's job columns).
 
     A reply without them is not the statement's own: the connection is out of
     step with the server, answering each statement with the reply to an
     earlier one. PgBouncer in transaction mode did this in our tests when a
     backend holding a ``LISTEN`` was checked (``server_check_query``). The
     psycopg drivers then close that connection, so the pool or the driver
-    replaces it, and raise a transient :class:`ConnectionFailed`. A statement
-    that read such a reply may have run: a claim's jobs are then re-picked
-    once their heartbeat is stale, like a lost worker's. Other drivers only
-    get the check after the fact.
+    replaces it, and raise a transient :class:`ConnectionFailed`; for other
+    drivers :func:`check_reply` raises it after the fact. A statement that read
+    such a reply may have run: a claim's jobs are then re-picked once their
+    heartbeat is stale, like a lost worker's.
     """
-    method = getattr(driver, "fetch_expecting", None)
-    if method is not None:
-        rows: list[Row] = method(query, params, columns)
-        return rows
-    rows = driver.fetch(query, params)
-    if rows and not set(columns) <= rows[0].keys():
+
+    def __init__(self, text: str, columns: Collection[str]) -> None:
+        super().__init__(text)
+        self.columns = tuple(columns)
+
+
+def expected_columns(query: Query) -> tuple[str, ...]:
+    """The columns ``query``'s reply must have (none for an ordinary statement)."""
+    return query.columns if isinstance(query, ExpectingColumns) else ()
+
+
+def check_reply(rows: Sequence[Row], query: Query) -> None:
+    """Raise :func:`out_of_step`'s error when ``rows`` lack ``query``'s columns."""
+    columns = expected_columns(query)
+    if columns and rows and not set(columns) <= rows[0].keys():
         raise out_of_step(list(rows[0]), columns)
-    return rows
 
 
 def out_of_step(names: list[str], columns: Collection[str]) -> ConnectionFailed:

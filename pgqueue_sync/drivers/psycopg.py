@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -13,7 +13,7 @@ from psycopg.rows import RowMaker
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConnectionFailed
-from .base import Driver, Params, Query, Row, out_of_step, translate_errors
+from .base import Driver, Params, Query, Row, expected_columns, out_of_step, translate_errors
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +73,10 @@ class SyncPsycopgDriver:
 
     def fetch(self, query: Query, params: Params = None) -> list[Row]:
         """Run one statement; see :meth:`Driver.fetch`."""
-        return self.fetch_expecting(query, params)
-
-    def fetch_expecting(
-        self, query: Query, params: Params = None, columns: Collection[str] = ()
-    ) -> list[Row]:
-        """:meth:`fetch`, and check that the reply has ``columns``; see
-        :func:`~pgqueue_sync.drivers.base.fetch_expecting`."""
         with self._lock:
             conn = self._live_connection()
             with translate_errors():
-                return _fetch(conn, query, params, columns)
+                return _fetch(conn, query, params)
 
     def execute(self, query: Query, params: Params = None) -> None:
         """Run one statement and discard its rows."""
@@ -133,16 +126,9 @@ class SyncPsycopgPoolDriver:
         a server restart, terminated backends), so the next statement does not
         meet them one failure at a time.
         """
-        return self.fetch_expecting(query, params)
-
-    def fetch_expecting(
-        self, query: Query, params: Params = None, columns: Collection[str] = ()
-    ) -> list[Row]:
-        """:meth:`fetch`, and check that the reply has ``columns``; see
-        :func:`~pgqueue_sync.drivers.base.fetch_expecting`."""
         try:
             with translate_errors(), self.pool.connection() as conn:
-                return _fetch(conn, query, params, columns)
+                return _fetch(conn, query, params)
         except ConnectionFailed as exc:
             if not isinstance(exc.__cause__, PoolTimeout):  # no connection was even lent
                 self._check_idle()
@@ -170,12 +156,11 @@ class SyncPsycopgPoolDriver:
                 yield SyncPsycopgDriver(conn)
 
 
-def _fetch(
-    conn: psycopg.Connection[Any], query: Query, params: Params, columns: Collection[str] = ()
-) -> list[Row]:
+def _fetch(conn: psycopg.Connection[Any], query: Query, params: Params) -> list[Row]:
     with conn.cursor(row_factory=_dict_rows) as cur:
         cur.execute(query, params)
         result = cur.pgresult
+        columns = expected_columns(query)
         if columns:
             names = [] if result is None else [
                 (result.fname(i) or b"").decode() for i in range(result.nfields)]

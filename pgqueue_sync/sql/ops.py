@@ -23,6 +23,30 @@ from .statements import StatementSet
 #: The tables ``prune`` may delete from. The queue and schedules tables are never among them.
 PRUNABLE_TABLES = ("log", "stats")
 
+#: Below every id the sequences hand out: an id walk (prune, retention) starts after it.
+BEFORE_ANY_ID = -(2**63)
+#: The tables the workers' pruner walks by id (results are pruned by ``finished``).
+RETENTION_WALKED_TABLES = ("log", "stats")
+#: What the retention lock's key starts with; the qualified log table name follows,
+#: so queues under other prefixes or schemas prune independently. It differs from
+#: PgQueuer's statistics key, so pruning never holds up a PgQueuer worker's aggregation.
+RETENTION_LOCK_NAME = "pgqueue_sync retention"
+#: Try the retention lock for the current transaction (``go``: got it).
+RETENTION_GATE = "SELECT pg_try_advisory_xact_lock(hashtext(%(lock_key)s)) AS go"
+# Which rows a retention step may delete, besides being old: a log row only once
+# folded into statistics, and never one of a job still in the queue table (so
+# job_status and completion waiting keep working however long a job stays).
+_RETENTION_ELIGIBLE = {
+    "log": "t.aggregated AND NOT EXISTS (SELECT 1 FROM {queue} q WHERE q.id = t.job_id)",
+    "stats": "TRUE",
+}
+
+
+def retention_lock_key(settings_text: str) -> str:
+    """The retention lock's key for the qualified log table name ``settings_text``."""
+    return f"{RETENTION_LOCK_NAME} {settings_text}"
+
+
 #: What a worker session's ``application_name`` starts with (then its id and the table OID).
 WORKER_SESSION_PREFIX = "pgq-sync worker "
 _UUID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -324,6 +348,47 @@ gone AS (
 )
 SELECT count(*) AS deleted, max(id) AS last FROM gone
 """, table=self._prunable(table))
+
+    @functools.cache  # noqa: B019 - one entry per walked table, for life
+    def retention_batch(self, table: str) -> sql.SQL:
+        """One step of the workers' pruner over ``log`` or ``stats``, gated by the
+        retention lock (``%(lock_key)s``, tried, never waited for).
+
+        Looks at the next ``%(batch)s`` rows by id after ``%(after)s`` and deletes
+        those older than ``%(keep)s`` that may go (see ``_RETENTION_ELIGIBLE``).
+        Unlike :meth:`prune_batch` there is no plan: counting a large log every
+        minute would read all of it. Ids grow with ``created``, so a step that
+        finds no row older than the window (or reaches the end of the table)
+        ends the walk (``done``): an idle pass reads one batch of rows, and a
+        few young rows among old ones (or old rows kept for a job still queued)
+        do not stop it. Only rows to delete are
+        locked, ``SKIP LOCKED``; the queue table is only read, by primary key.
+        """
+        if table not in RETENTION_WALKED_TABLES:
+            raise ValueError(f"retention walks {RETENTION_WALKED_TABLES}, not {table!r}")
+        return self._sql("""
+WITH gate AS MATERIALIZED (""" + RETENTION_GATE + """),
+seen AS MATERIALIZED (
+    SELECT t.id, t.created < NOW() - %(keep)s::interval AS old,
+           """ + _RETENTION_ELIGIBLE[table] + """ AS eligible
+    FROM {table} t
+    WHERE (SELECT go FROM gate) AND t.id > %(after)s
+    ORDER BY t.id
+    LIMIT %(batch)s
+),
+doomed AS (
+    SELECT t.id FROM {table} t JOIN seen s ON s.id = t.id
+    WHERE s.old AND s.eligible
+    FOR UPDATE OF t SKIP LOCKED
+),
+gone AS (
+    DELETE FROM {table} t USING doomed d WHERE t.id = d.id RETURNING 1
+)
+SELECT (SELECT go FROM gate) AS locked,
+       (SELECT count(*) FROM gone) AS deleted,
+       (SELECT max(id) FROM seen) AS last_id,
+       (SELECT count(*) < %(batch)s OR NOT COALESCE(bool_or(old), FALSE) FROM seen) AS done
+""", table=self._names[table])
 
     def _prunable(self, table: str) -> sql.Composable:
         if table not in PRUNABLE_TABLES:

@@ -125,16 +125,26 @@ def select_results(settings: DBSettings) -> sql.Composed:
     ).format(table(settings))
 
 
-def prune_batch(settings: DBSettings) -> sql.Composed:
-    """Delete up to ``%(batch)s`` rows finished more than ``%(age)s`` ago; returns ``count``.
+#: The gate of an ungated prune: always go.
+NO_GATE = "SELECT TRUE AS go"
+
+
+def prune_batch(settings: DBSettings, *, gate: str = NO_GATE) -> sql.Composed:
+    """Delete up to ``%(batch)s`` rows finished more than ``%(age)s`` ago; returns
+    ``count`` and ``locked``.
 
     Rows of jobs still in the queue (e.g. written at enqueue by the Django
-    Tasks backend, or held as ``failed``) are kept.
+    Tasks backend, or held as ``failed``) are kept. ``gate`` is a query
+    answering ``go``: the workers' pruner passes
+    :data:`~pgqueue_sync.sql.ops.RETENTION_GATE` (the retention lock, tried,
+    never waited for); ``locked`` says whether it was taken.
     """
     return sql.SQL("""
-WITH doomed AS (
+WITH gate AS MATERIALIZED (""" + gate + """),
+doomed AS (
     SELECT job_id FROM {results} r
-    WHERE finished < NOW() - %(age)s::interval
+    WHERE (SELECT go FROM gate)
+      AND finished < NOW() - %(age)s::interval
       AND NOT EXISTS (SELECT 1 FROM {queue} q WHERE q.id = r.job_id)
     ORDER BY finished
     LIMIT %(batch)s
@@ -143,5 +153,5 @@ WITH doomed AS (
 gone AS (
     DELETE FROM {results} r USING doomed d WHERE r.job_id = d.job_id RETURNING 1
 )
-SELECT count(*) AS count FROM gone
+SELECT count(*) AS count, (SELECT go FROM gate) AS locked FROM gone
 """).format(results=table(settings), queue=settings.ident("queue_table"))

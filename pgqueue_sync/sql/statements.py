@@ -12,6 +12,7 @@ from typing import Any
 
 from psycopg import sql
 
+from ..drivers.base import ExpectingColumns
 from ..settings import DBSettings
 from .names import check_lengths
 from .results import store_results_cte
@@ -22,6 +23,7 @@ _JOB_COLUMNS = (
     "payload, attempts, queue_manager_id, slot, headers"
 )
 
+_JOB_COLUMN_NAMES = tuple(name.strip() for name in _JOB_COLUMNS.split(","))
 
 # The enqueue result, by "raise" mode: there every row is inserted or the
 # statement fails, so the ids drawn up front are the answer (data-modifying
@@ -161,7 +163,9 @@ logged AS (
         parts.append(_ELIGIBLE.format(branches=" UNION ALL ".join(branches), limit=limit))
         parts.append(_SEATED_CLAIM if capacity else _PLAIN_CLAIM)
         parts.append(_CLAIMED)
-        return self._sql("WITH " + ",\n".join(parts) + _CLAIM_RESULT)
+        # The reply is checked for the job columns: see ExpectingColumns.
+        return ExpectingColumns(self._sql("WITH " + ",\n".join(parts) + _CLAIM_RESULT)
+                                .as_string(), _JOB_COLUMN_NAMES)
 
     # -- completion, retry, hold -----------------------------------------------------------
 

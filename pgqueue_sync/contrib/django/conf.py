@@ -21,10 +21,12 @@ import dataclasses
 import functools
 import threading
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
+from ...cli_format import parse_duration
 from ...errors import ConfigurationError
-from ...options import duration
+from ...options import duration, retention
 from ...settings import DBSettings
 from ...sql.names import check_lengths
 from .errors import DjangoConfigurationError
@@ -60,7 +62,13 @@ WORKER_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "listen_dsn": str,
     "poll_only": bool,
     "poll_interval": (int, float),
+    # Retention (docs/retention.md): seconds, a timedelta, "7d"-style text, or "off".
+    "keep_log": (str, int, float, timedelta),
+    "keep_statistics": (str, int, float, timedelta),
+    "keep_results": (str, int, float, timedelta),
 }
+#: ``WORKER`` keys holding a retention window.
+_RETENTION = frozenset({"keep_log", "keep_statistics", "keep_results"})
 #: ``WORKER`` and ``POOL`` keys holding seconds (checked like every duration option).
 _SECONDS = frozenset({
     "dequeue_timeout", "heartbeat_timeout", "shutdown_timeout", "wait_for_database",
@@ -221,6 +229,8 @@ def _options(
             )
         if item is not None and name in _SECONDS:
             _seconds(f"{SETTING}[{key!r}][{name!r}]", item)
+        if item is not None and name in _RETENTION:
+            _retention(f"{SETTING}[{key!r}][{name!r}]", item)
     return dict(value)
 
 
@@ -228,6 +238,18 @@ def _seconds(name: str, value: Any) -> None:
     """A duration in seconds: finite, not negative, within the one maximum."""
     try:
         duration(name, value)
+    except ConfigurationError as exc:
+        raise DjangoConfigurationError(str(exc)) from None
+
+
+def _retention(name: str, value: Any) -> None:
+    """A retention window: ``"off"``, ``"7d"``-style text, seconds or a timedelta."""
+    try:
+        if isinstance(value, str):
+            if value.strip().lower() == "off":
+                return
+            value = parse_duration(value, option=f"{name} ('off', or)")
+        retention(name, value, off="'off'")
     except ConfigurationError as exc:
         raise DjangoConfigurationError(str(exc)) from None
 

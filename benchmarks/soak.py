@@ -183,8 +183,9 @@ class _DropPlannedFailures(logging.Filter):
         return not isinstance(error, PlannedFailure)
 
 
-def worker_main(dsn: str, records: str, *, calibrate: bool) -> int:
-    """The worker process: register the four entrypoints, run, report on stdout."""
+def worker_main(dsn: str, records: str, *, calibrate: bool, keep_log: float | None = None) -> int:
+    """The worker process: register the four entrypoints, run, report on stdout.
+    ``keep_log`` (minutes): the worker's log retention window (default: the library's)."""
     from psycopg_pool import ConnectionPool
 
     from pgqueue_sync.applications import PgQueuer
@@ -237,7 +238,8 @@ def worker_main(dsn: str, records: str, *, calibrate: bool) -> int:
             if calibrate:
                 pgq.run(mode="drain", dequeue_timeout=1.0)
             else:
-                pgq.run()  # continuous, at the defaults; SIGTERM stops it gracefully
+                retention = {} if keep_log is None else {"keep_log": timedelta(minutes=keep_log)}
+                pgq.run(**retention)  # continuous, at the defaults; SIGTERM stops it gracefully
         finally:
             stop.set()
             reporter.join(10)
@@ -263,11 +265,14 @@ def _cpu_seconds(pid: int) -> float | None:
 class WorkerProcess:
     """A worker child (``soak.py --worker``): its counters, RSS and stop."""
 
-    def __init__(self, dsn: str, records: str, stderr: IO[str], *, calibrate: bool) -> None:
+    def __init__(self, dsn: str, records: str, stderr: IO[str], *, calibrate: bool,
+                 keep_log: float | None = None) -> None:
         command = [sys.executable, os.path.abspath(__file__), "--worker", dsn,
                    "--records", records]
         if calibrate:
             command.append("--calibrate")
+        if keep_log is not None:
+            command += ["--keep-log", str(keep_log)]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lock = threading.Lock()
         self.ready = threading.Event()
@@ -496,8 +501,13 @@ def calibrate(tmp: str) -> float:
 # == checks at the end =======================================================================
 
 
-def verify_log(conn: psycopg.Connection[Any], ids: dict[int, array[int]]) -> dict[str, Any]:
-    """Compare each enqueued job's log rows with those its kind must end with."""
+def verify_log(conn: psycopg.Connection[Any], ids: dict[int, array[int]], *,
+               pruned: bool = False) -> dict[str, Any]:
+    """Compare each enqueued job's log rows with those its kind must end with.
+
+    With ``pruned`` (``--keep-log``), retention may have removed a finished job's
+    rows: a job may then have none or fewer of each status, never more or
+    others (that the job ran exactly once is the handlers' records' check)."""
     log = DBSettings().queue_table_log
     conn.execute("SET work_mem = '256MB'")
     conn.execute("CREATE TEMP TABLE soak_expected (job_id bigint NOT NULL, kind int NOT NULL)")
@@ -521,13 +531,18 @@ def verify_log(conn: psycopg.Connection[Any], ids: dict[int, array[int]]) -> dic
         ),
         want (kind, queued, picked, successful, exception) AS (VALUES {want})
         SELECT e.kind, count(*),
-               count(*) FILTER (WHERE p.job_id IS NULL),
-               count(*) FILTER (WHERE p.job_id IS NOT NULL AND
-                   (p.queued, p.picked, p.successful, p.exception, p.other)
-                   IS DISTINCT FROM (w.queued, w.picked, w.successful, w.exception, 0::bigint))
+               count(*) FILTER (WHERE p.job_id IS NULL AND NOT %(pruned)s),
+               count(*) FILTER (WHERE p.job_id IS NOT NULL AND CASE WHEN %(pruned)s
+                   THEN p.queued > w.queued OR p.picked > w.picked
+                        OR p.successful > w.successful OR p.exception > w.exception
+                        OR p.other > 0
+                   ELSE (p.queued, p.picked, p.successful, p.exception, p.other)
+                   IS DISTINCT FROM (w.queued, w.picked, w.successful, w.exception, 0::bigint)
+                   END),
+               count(*) FILTER (WHERE p.job_id IS NULL)
         FROM soak_expected e JOIN want w USING (kind) LEFT JOIN per_job p USING (job_id)
         GROUP BY e.kind ORDER BY e.kind
-    """).fetchall()  # noqa: S608 - names from DBSettings, numbers from constants
+    """, {"pruned": pruned}).fetchall()  # noqa: S608 - names from DBSettings, numbers from constants
     strays = conn.execute(f"""
         SELECT count(DISTINCT job_id) FROM {log} l
         WHERE NOT EXISTS (SELECT 1 FROM soak_expected e WHERE e.job_id = l.job_id)
@@ -536,11 +551,12 @@ def verify_log(conn: psycopg.Connection[Any], ids: dict[int, array[int]]) -> dic
         SELECT e.job_id, e.kind, array_agg(l.status::text ORDER BY l.id)
         FROM soak_expected e JOIN {log} l USING (job_id)
         GROUP BY e.job_id, e.kind
-        HAVING count(*) <> CASE e.kind WHEN {RETRY} THEN 5 ELSE 3 END
+        HAVING count(*) <> CASE e.kind WHEN {RETRY} THEN 5 ELSE 3 END AND NOT %(pruned)s
         LIMIT 5
-    """).fetchall()  # noqa: S608
-    per_kind = {ENTRYPOINTS[kind]: {"jobs": jobs, "unlogged": unlogged, "wrong": wrong}
-                for kind, jobs, unlogged, wrong in rows}
+    """, {"pruned": pruned}).fetchall()  # noqa: S608
+    per_kind = {ENTRYPOINTS[kind]: {"jobs": jobs, "unlogged": unlogged, "wrong": wrong,
+                                    "no_rows_left": gone}
+                for kind, jobs, unlogged, wrong, gone in rows}
     bad = sum(v["unlogged"] + v["wrong"] for v in per_kind.values())
     return {"per_kind": per_kind, "stray_job_ids": strays[0] if strays else -1,
             "bad_jobs": bad, "examples": [list(map(str, r)) for r in examples]}
@@ -645,7 +661,7 @@ def run_soak(args: argparse.Namespace, rate: float, tmp: str,
     report["samples"] = samples
     with scratch_database() as dsn, open(os.path.join(tmp, "soak.err"), "w+",
                                          encoding="utf-8") as err:
-        worker = WorkerProcess(dsn, records, err, calibrate=False)
+        worker = WorkerProcess(dsn, records, err, calibrate=False, keep_log=args.keep_log)
         producer = Producer(dsn, rate, args.seed)
         lost_detail: list[str] = []
         try:
@@ -685,7 +701,7 @@ def run_soak(args: argparse.Namespace, rate: float, tmp: str,
         progress("checking every job: the handlers' records and the log table")
         with psycopg.connect(dsn, autocommit=True) as conn:
             left = queue_rows(conn)
-            log_check = verify_log(conn, producer.ids)
+            log_check = verify_log(conn, producer.ids, pruned=args.keep_log is not None)
         runs_check = verify_runs(records, producer.ids)
     report["checks"] = {"log": log_check, "runs": runs_check, "queue_rows_left": left,
                         "early_deferred": result["early"]}
@@ -763,6 +779,9 @@ def verdicts(args: argparse.Namespace, samples: list[dict[str, Any]], log_check:
         f"(bounded: <= {BOUNDED_FACTOR:.1f}x)",
     ))
 
+    if args.keep_log is not None:
+        found.append(log_levels_off(samples, args.keep_log))
+
     bad = log_check["bad_jobs"] + log_check["stray_job_ids"]
     wrong_runs = runs_check["missing"] + runs_check["extra"]
     lost_ok = bad == 0 and wrong_runs == 0 and left == 0 and early == 0 and not lost_detail
@@ -776,6 +795,21 @@ def verdicts(args: argparse.Namespace, samples: list[dict[str, Any]], log_check:
     for example in log_check["examples"] + runs_check["examples"]:
         progress(f"  {example}")
     return found
+
+
+def log_levels_off(samples: list[dict[str, Any]], keep_log: float) -> tuple[str, bool, str]:
+    """With retention: the log table's size over the second half of the minutes is
+    at most :data:`BOUNDED_FACTOR` x its size over the first (it levels off)."""
+    half = len(samples) // 2
+    early_max = max(s["db"]["log"]["total_bytes"] for s in samples[:half])
+    late_max = max(s["db"]["log"]["total_bytes"] for s in samples[half:])
+    factor = late_max / early_max if early_max else float("inf")
+    return (
+        f"log table with keep_log={keep_log:g} min, max of minutes {half + 1}-{len(samples)} "
+        f"/ max of 1-{half}", factor <= BOUNDED_FACTOR,
+        f"{_mb(late_max)} / {_mb(early_max)} MB = {factor:.2f}x  "
+        f"(levels off: <= {BOUNDED_FACTOR:.1f}x)",
+    )
 
 
 # == main ====================================================================================
@@ -815,6 +849,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="use the benchmark server (common.server_dsn()) instead of a "
                              "private cluster with stock settings")
     parser.add_argument("--seed", type=int, default=20261123, help="seed of the job mix")
+    parser.add_argument("--keep-log", type=float, default=None, metavar="MINUTES",
+                        help="the worker's log retention window (run(keep_log=...)); the log "
+                             "check then accepts pruned rows and a 'log levels off' verdict "
+                             "is added")
     parser.add_argument("--worker", metavar="DSN", help=argparse.SUPPRESS)
     parser.add_argument("--records", help=argparse.SUPPRESS)
     parser.add_argument("--calibrate", action="store_true", help=argparse.SUPPRESS)
@@ -827,7 +865,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return worker_main(args.worker, args.records, calibrate=args.calibrate)
+        return worker_main(args.worker, args.records, calibrate=args.calibrate,
+                           keep_log=args.keep_log)
     started = time.monotonic()
     report: dict[str, Any] = {}
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ from pgqueue_sync.cancellation import CancellationToken, Context, JobCancelled  
 from pgqueue_sync.isolation import HandlerProcessDied, ProcessIsolation  # noqa: E402
 
 from . import isolation_handlers as handlers  # noqa: E402
+from .worker_helpers import wait_for  # noqa: E402
 
 #: A child starts (spawn) and imports its handler's module in well under this.
 DEADLINE = 30.0
@@ -61,26 +61,21 @@ def isolate():
 
 
 def wait_for_pid(path: Path) -> int:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text():
-            return int(path.read_text())
-        time.sleep(0.02)
-    raise AssertionError(f"the child never wrote {path}")
+    text = wait_for(lambda: path.exists() and path.read_text(), timeout=DEADLINE,
+                    what=f"the child writing {path}")
+    return int(text)
 
 
 def gone(pid: int) -> bool:
     """True once ``pid`` has exited (reaped, or a zombie waiting for its parent)."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
+    def exited() -> bool:
         try:
             with open(f"/proc/{pid}/stat") as handle:
-                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
+                return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             return True
-        time.sleep(0.02)
-    return False
+
+    return bool(wait_for(exited, timeout=DEADLINE, what=f"process {pid} to exit"))
 
 
 def test_the_handler_runs_in_a_child_and_its_result_comes_back(isolate):
@@ -211,7 +206,7 @@ def finished(queries: Any, job_id: int) -> bool:
 
 
 def test_a_worker_runs_isolated_jobs_and_records_their_outcomes(dsn, queries):
-    from .worker_helpers import make_pgq, pool_for, running, wait_for
+    from .worker_helpers import make_pgq, pool_for, running
 
     with pool_for(dsn) as pool:
         pgq = make_pgq(pool)
@@ -237,7 +232,7 @@ def test_a_worker_runs_isolated_jobs_and_records_their_outcomes(dsn, queries):
 def test_an_isolated_handler_past_its_timeout_is_killed_and_its_thread_freed(
     dsn, queries, tmp_path, caplog
 ):
-    from .worker_helpers import make_pgq, pool_for, running, wait_for
+    from .worker_helpers import make_pgq, pool_for, running
 
     caplog.set_level(logging.WARNING, logger="pgqueue_sync")
     pid_file = tmp_path / "pid"

@@ -29,9 +29,9 @@ import pytest
 from pgqueue_sync import Queries, processes
 from pgqueue_sync.errors import ConfigurationError
 
+from .process_helpers import ROOT, WorkerProcess
 from .worker_helpers import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.process_group_app:factory"
 #: The line each child's worker logs once it runs (qm.QueueManager._run).
 STARTED = re.compile(r"worker [0-9a-f-]{36} started")
@@ -42,29 +42,18 @@ BOOT_TIMEOUT = 30.0
 T = 1.0
 
 
-class Group:
+class Group(WorkerProcess):
     """One supervisor (``pgq-sync run --processes``); its log is a file under tmp_path."""
 
     def __init__(self, dsn: str, tmp_path: Path, *options: str, factory: str = APP) -> None:
         self.tmp_path = tmp_path
         self.events_path = tmp_path / "events.jsonl"
-        self.log_path = tmp_path / "supervisor.log"
         paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         argv = [sys.executable, "-m", "pgqueue_sync", "--dsn", dsn, "run", factory, *options,
                 "--", "--dsn", dsn, "--events", str(self.events_path)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__("the supervisor", argv, tmp_path / "supervisor.log", env,
+                         new_session=True)
 
     def started_workers(self) -> int:
         """How many child workers have logged that they run (replacements included)."""
@@ -97,23 +86,6 @@ class Group:
 
     def release(self, key: str) -> None:
         (self.tmp_path / f"release-{key}").touch()
-
-    def send(self, signum: signal.Signals) -> None:
-        self.proc.send_signal(signum)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the supervisor did not exit within {timeout}s:\n"
-                                 f"{self.log()}") from None
-
-    def assert_running_for(self, seconds: float) -> None:
-        try:
-            code = self.proc.wait(seconds)
-        except subprocess.TimeoutExpired:
-            return
-        raise AssertionError(f"the supervisor exited early with {code}:\n{self.log()}")
 
     def kill_everything(self) -> None:
         """SIGKILL the supervisor's group and every child still running; reap the supervisor."""

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from psycopg_pool import ConnectionPool
 
 from pgqueue_sync import DBSettings, Job
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 
 POOL_SIZE = 4
 

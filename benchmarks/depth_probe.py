@@ -27,7 +27,7 @@ from common import scratch_database  # noqa: E402
 from psycopg_pool import ConnectionPool  # noqa: E402
 
 from pgqueue_sync import DBSettings, Job, Queries, SyncPsycopgDriver  # noqa: E402
-from pgqueue_sync.applications import PgQueuer  # noqa: E402
+from pgqueue_sync.app import PgQueuer  # noqa: E402
 
 FILL_BATCH = 1_000
 POOL_SIZE = 4

@@ -188,7 +188,7 @@ def worker_main(dsn: str, records: str, *, calibrate: bool, keep_log: float | No
     ``keep_log`` (minutes): the worker's log retention window (default: the library's)."""
     from psycopg_pool import ConnectionPool
 
-    from pgqueue_sync.applications import PgQueuer
+    from pgqueue_sync.app import PgQueuer
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_DropPlannedFailures())

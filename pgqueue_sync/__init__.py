@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 
 from ._version import __version__
-from .applications import PgQueuer
-from .cancellation import CancellationToken, Context, JobCancelled, ScheduleContext
+from .app import PgQueuer
 from .completion import CompletionWatcher
 from .drivers import SyncPsycopgDriver, SyncPsycopgPoolDriver
 from .errors import (
@@ -26,12 +25,6 @@ from .errors import (
     SchemaError,
     SchemaNotInstalledError,
 )
-from .executors import (
-    AbstractEntrypointExecutor,
-    DatabaseRetryEntrypointExecutor,
-    EntrypointExecutor,
-    EntrypointExecutorParameters,
-)
 from .models import (
     CancellationEvent,
     HealthCheckEvent,
@@ -43,10 +36,9 @@ from .models import (
     TableChangedEvent,
     TracebackRecord,
 )
-from .qm import QueueManager
 from .queries import EntrypointExecutionParameter, Queries
 from .results import JobResult, Results
-from .scheduler import (
+from .scheduler.manager import (
     AbstractScheduleExecutor,
     ScheduleExecutor,
     ScheduleExecutorFactoryParameters,
@@ -55,6 +47,14 @@ from .scheduler import (
 )
 from .settings import DBSettings, db_settings
 from .types import Durability, JobId, QueueExecutionMode
+from .worker.cancellation import CancellationToken, Context, JobCancelled, ScheduleContext
+from .worker.executors import (
+    AbstractEntrypointExecutor,
+    DatabaseRetryEntrypointExecutor,
+    EntrypointExecutor,
+    EntrypointExecutorParameters,
+)
+from .worker.manager import QueueManager
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

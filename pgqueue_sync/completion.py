@@ -12,7 +12,7 @@ found by a safety poll every ``refresh_interval``.
 Threads: ``pgqueue_sync-completion`` runs the status queries (at most one at a
 time, bursts of notifications coalesced over ``debounce``), and
 ``pgqueue_sync-completion-listener`` receives notifications
-(:class:`~pgqueue_sync.listener.Listener`, reconnecting on its own).
+(:class:`~pgqueue_sync.worker.listener.Listener`, reconnecting on its own).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import psycopg
 from .drivers.base import Driver
 from .drivers.psycopg import SyncPsycopgDriver, connect
 from .errors import CompletionTimeout, ConfigurationError, PgqException
-from .listener import Listener
 from .models import AnyEvent, TableChangedEvent, parse_event
 from .queries import Queries
 from .results import JobResult, Results
 from .settings import DBSettings
-from .threads import JOIN_TIMEOUT
 from .types import JOB_STATUS, TERMINAL_STATUSES, JobId
+from .worker.listener import Listener
+from .worker.threads import JOIN_TIMEOUT
 
 logger = logging.getLogger(__name__)
 

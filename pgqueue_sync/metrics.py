@@ -125,7 +125,7 @@ def collect_metrics(
     pruned: Callable[[], Mapping[str, int]] | None = None,
 ) -> str:
     """The Prometheus text exposition of the queue, read now (``pruned``: a
-    worker's :attr:`~pgqueue_sync.retention.Pruner.totals`)."""
+    worker's :attr:`~pgqueue_sync.worker.retention.Pruner.totals`)."""
     prometheus = _prometheus()
     registry = prometheus.CollectorRegistry(auto_describe=False)
     registry.register(QueueCollector(queries, window=window, pruned=pruned))

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from .errors import ConfigurationError
-from .ratelimit import TokenBucket
 from .types import ISOLATION_MODES, ON_FAILURE_MODES, Isolation, OnFailure, QueueExecutionMode
 
 #: Longest idle wait between claims when no notification arrives.
@@ -222,13 +221,13 @@ def on_failure(value: str) -> OnFailure:
     return value
 
 
-def rate_bucket(rate: float) -> TokenBucket | None:
-    """A token bucket for a finite ``requests_per_second``, else ``None``."""
+def requests_per_second(rate: float) -> float:
+    """A valid ``requests_per_second`` (``inf``: no limit), or :class:`ConfigurationError`."""
     if isinstance(rate, bool) or not isinstance(rate, int | float) or math.isnan(rate):
         raise ConfigurationError(f"requests_per_second must be a number, got {rate!r}")
     if rate <= 0:
         raise ConfigurationError(f"requests_per_second must be > 0, got {rate!r}")
-    return None if math.isinf(rate) else TokenBucket(rate)
+    return float(rate)
 
 
 def execution_mode(mode: QueueExecutionMode | str) -> QueueExecutionMode:

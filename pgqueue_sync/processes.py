@@ -3,7 +3,7 @@
 The supervisor (the ``pgq-sync`` process) starts ``N`` children, each a fresh
 Python interpreter (``python -m pgqueue_sync.processes``, as multiprocessing's
 ``spawn`` would make) that imports the factory, builds its own worker and its
-own connections, and runs it through :func:`pgqueue_sync.supervisor.run`. The
+own connections, and runs it through :func:`pgqueue_sync.launcher.run`. The
 supervisor never calls the factory and holds no database connection: nothing
 it owns (connection, pool, thread, event loop) can reach a child.
 
@@ -43,13 +43,13 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from . import supervisor
-from .applications import PgQueuer
+from . import launcher
+from .app import PgQueuer
 from .backoff import INITIAL_DELAY, Backoff
 from .errors import ConfigurationError
 from .options import duration
-from .qm import QueueManager
-from .scheduler import signal_handlers
+from .scheduler.manager import signal_handlers
+from .worker.manager import QueueManager
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run(
     processes: int = 1,
     max_jobs_per_child: int | None = None,
     max_memory_per_child: int | None = None,
-    restart_delay: timedelta | float = supervisor.RESTART_DELAY,
+    restart_delay: timedelta | float = launcher.RESTART_DELAY,
     metrics_port: int | None = None,
     **run_options: Any,
 ) -> None:
@@ -126,7 +126,7 @@ def run(
 def factory_path(factory: str | Callable[..., Any]) -> str:
     """The ``module:function`` a child imports; :class:`ConfigurationError` if there is none."""
     if isinstance(factory, str):
-        supervisor.split_factory_path(factory)
+        launcher.split_factory_path(factory)
         return factory
     module = getattr(factory, "__module__", None)
     name = getattr(factory, "__qualname__", "")
@@ -465,7 +465,7 @@ def _child_main() -> int:
                      name="pgqueue_sync-supervisor-link", daemon=True).start()
     budget = Budget(max_jobs=config["max_jobs"], max_memory_mb=config["max_memory_mb"])
 
-    def attach(worker: supervisor.Runnable) -> None:
+    def attach(worker: launcher.Runnable) -> None:
         stops.append(worker.shutdown)
         if stop.is_set():
             worker.shutdown.set()
@@ -483,7 +483,7 @@ def _child_main() -> int:
 
     port = config["metrics_port"]
     try:
-        supervisor.run(config["factory"], config["args"], shutdown=stop,
+        launcher.run(config["factory"], config["args"], shutdown=stop,
                        metrics_port=port + index - 1 if port else port, on_built=attach,
                        **config["run_options"])
     except ConfigurationError as exc:

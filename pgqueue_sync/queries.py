@@ -790,7 +790,7 @@ class Queries:
         only of jobs no longer queued, and nothing when the results table is
         not installed. ``log`` and ``statistics`` are walked by id: pass the
         previous step's ``last_id`` as ``after`` (``None`` to start).
-        See :mod:`pgqueue_sync.retention`.
+        See :mod:`pgqueue_sync.worker.retention`.
         """
         params = {"lock_key": self._retention_key, "keep": keep, "batch": batch_size}
         if table == "results":

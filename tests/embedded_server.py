@@ -27,7 +27,7 @@ def server_dsn() -> str | None:
     dsn = os.environ.get(DSN_VARIABLE)
     if dsn:
         return dsn
-    from pgqueue_sync import embedded
+    from pgqueue_sync.cli import embedded
 
     if not embedded.is_available():
         return None
@@ -47,7 +47,7 @@ def server_dsn() -> str | None:
 
 
 def _remove(directory: str) -> None:
-    from pgqueue_sync import embedded
+    from pgqueue_sync.cli import embedded
 
     embedded.stop(directory)
     shutil.rmtree(directory, ignore_errors=True)

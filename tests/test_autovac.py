@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner, Result
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgqueue_sync import cli_autovac
+from pgqueue_sync.cli import autovac as cli_autovac
 from pgqueue_sync.cli import cli
-from pgqueue_sync.cli_autovac import autovacuum_warning
+from pgqueue_sync.cli.autovac import autovacuum_warning
 from pgqueue_sync.errors import ConfigurationError
 from pgqueue_sync.settings import DBSettings
 from pgqueue_sync.sql.autovac import (

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from pgqueue_sync import ConfigurationError, Queries
-from pgqueue_sync.applications import PgQueuer
-from pgqueue_sync.scheduler import normalize_expression
+from pgqueue_sync.app import PgQueuer
+from pgqueue_sync.scheduler.manager import normalize_expression
 
 from .worker_helpers import make_pgq, pool_for
 
@@ -106,7 +106,7 @@ def test_a_retry_with_an_impossible_delay_names_it(delay: float) -> None:
 
 
 def test_retry_backoff_does_not_overflow_after_thousands_of_attempts() -> None:
-    from pgqueue_sync.executors import (
+    from pgqueue_sync.worker.executors import (
         DatabaseRetryEntrypointExecutor,
         EntrypointExecutorParameters,
     )

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from pgqueue_sync import ConfigurationError, Queries
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 from pgqueue_sync.errors import DuplicateJobError
 from pgqueue_sync.schema import Schema
 from pgqueue_sync.settings import DBSettings
@@ -82,7 +82,7 @@ def test_a_prefix_one_byte_too_long_says_the_longest_that_works() -> None:
 
 
 def test_the_in_memory_adapter_refuses_the_same_names() -> None:
-    from pgqueue_sync.inmemory import InMemoryQueries
+    from pgqueue_sync.testing.inmemory import InMemoryQueries
 
     with pytest.raises(ConfigurationError, match="prefix"):
         InMemoryQueries(settings=DBSettings(prefix="p" * (LONGEST_PREFIX + 1)))

@@ -1,7 +1,7 @@
 """Chaos: at-least-once delivery while workers die and the server restarts under them.
 
 One test. Three worker processes (``tests.apps.chaos_worker``, run through
-:func:`pgqueue_sync.supervisor.run` with ``restart_on_failure=True``, as
+:func:`pgqueue_sync.launcher.run` with ``restart_on_failure=True``, as
 ``pgq-sync run`` does) work through a few thousand jobs of a mixed workload
 (plain, retrying, held, async, fleet-limited; some deferred, some prioritised)
 on a private cluster, while the test, at random intervals:

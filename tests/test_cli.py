@@ -236,7 +236,7 @@ FACTORY = textwrap.dedent(
     import contextlib, os
     from psycopg_pool import ConnectionPool
     from pgqueue_sync import PgQueuer
-    from pgqueue_sync.dsn import resolve_dsn
+    from pgqueue_sync.cli.dsn import resolve_dsn
 
     @contextlib.contextmanager
     def make(args):

@@ -220,7 +220,7 @@ def test_log_level_debug_shows_every_frame(dsn: str, factories: Path) -> None:
     result = pgq_sync("--dsn", dsn, "--log-level", "DEBUG", "run", "raising:make", cwd=factories)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
-    assert "supervisor.py" in result.stderr and "check_config" in result.stderr
+    assert "launcher.py" in result.stderr and "check_config" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -568,7 +568,7 @@ def test_prefixed_objects_are_used_throughout(empty_dsn: str) -> None:
 
 
 def test_age_and_fit_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pgqueue_sync import cli_ops
+    from pgqueue_sync.cli import ops as cli_ops
 
     monkeypatch.setattr(cli_ops, "_width", lambda: 80)  # whatever terminal runs the tests
 

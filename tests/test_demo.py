@@ -6,9 +6,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgqueue_sync import embedded
-from pgqueue_sync.cli import cli
-from pgqueue_sync.demo import run_demo
+from pgqueue_sync.cli import cli, embedded
+from pgqueue_sync.cli.demo import run_demo
 
 
 def test_demo_installs_schema_then_processes_every_job(empty_dsn: str) -> None:

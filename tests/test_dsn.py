@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pgqueue_sync import embedded
-from pgqueue_sync.dsn import normalize_dsn, resolve_dsn
+from pgqueue_sync.cli import embedded
+from pgqueue_sync.cli.dsn import normalize_dsn, resolve_dsn
 from pgqueue_sync.errors import ConfigurationError
 
 FULL_ENV = {

@@ -13,13 +13,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgqueue_sync import embedded
+from pgqueue_sync.cli import embedded
 
 pytestmark = pytest.mark.skipif(not embedded.is_available(), reason="needs the 'embedded' extra")
 
 # Starts (or joins) the server, prints its URI, then holds it until stdin closes.
 HOLDER = (
-    "import sys; from pgqueue_sync import embedded; "
+    "import sys; from pgqueue_sync.cli import embedded; "
     "print(embedded.embedded_dsn(sys.argv[1]), flush=True); sys.stdin.read()"
 )
 

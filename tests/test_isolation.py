@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("pebble", reason='isolation tests need pebble: pip install -e ".[test]"')
 
 from pgqueue_sync import ConfigurationError, Job  # noqa: E402
-from pgqueue_sync.cancellation import CancellationToken, Context, JobCancelled  # noqa: E402
-from pgqueue_sync.isolation import HandlerProcessDied, ProcessIsolation  # noqa: E402
+from pgqueue_sync.worker.cancellation import CancellationToken, Context, JobCancelled  # noqa: E402
+from pgqueue_sync.worker.isolation import HandlerProcessDied, ProcessIsolation  # noqa: E402
 
 from . import isolation_handlers as handlers  # noqa: E402
 from .worker_helpers import wait_for  # noqa: E402

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from pgqueue_sync import DBSettings, Job, Queries, SyncPsycopgDriver, options
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 from pgqueue_sync.ops import (
     DEFAULT_STALE_THRESHOLD,
     UNSERVED_GRACE,

@@ -109,7 +109,7 @@ WORKER = """
 from __future__ import annotations
 from psycopg_pool import ConnectionPool
 from pgqueue_sync import PgQueuer
-from pgqueue_sync.dsn import resolve_dsn
+from pgqueue_sync.cli.dsn import resolve_dsn
 
 def make():
     pool = ConnectionPool(resolve_dsn(allow_embedded=False).conninfo, min_size=1, max_size=4,

@@ -31,8 +31,8 @@ from pgqueuer.types import JobId as TheirJobId
 from pgqueuer.types import QueueEntrypoint, QueueExecutionMode, QueueManagerId
 
 from pgqueue_sync import Job, Queries
-from pgqueue_sync.cancellation import Context
 from pgqueue_sync.queries import EntrypointExecutionParameter
+from pgqueue_sync.worker.cancellation import Context
 
 from .pgqueuer_helpers import async_worker, run_async_queries
 from .worker_helpers import make_pgq, pool_for, running, wait_for

@@ -42,9 +42,9 @@ from pgqueue_sync import (
     backoff,
     options,
 )
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 from pgqueue_sync.schema import Schema
-from pgqueue_sync.threads import IDLE, Ticker
+from pgqueue_sync.worker.threads import IDLE, Ticker
 
 from .worker_helpers import login_role, make_pgq, pool_for, running, wait_for
 

@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from pgqueue_sync import Job, Queries
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 from pgqueue_sync.cli import cli
 from pgqueue_sync.drivers import SyncPsycopgDriver
 from pgqueue_sync.schema import Schema, install_script

@@ -36,9 +36,9 @@ from pgqueue_sync import (
     RetryRequested,
     SyncPsycopgDriver,
 )
-from pgqueue_sync.applications import PgQueuer
-from pgqueue_sync.cancellation import Context
+from pgqueue_sync.app import PgQueuer
 from pgqueue_sync.drivers import psycopg as psycopg_driver
+from pgqueue_sync.worker.cancellation import Context
 
 from .faults import PgProxy, terminate_backends
 from .worker_helpers import login_role, make_pgq, pool_for, running, wait_for

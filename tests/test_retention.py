@@ -2,7 +2,7 @@
 
 Rows are written straight into the tables with back-dated ``created`` /
 ``finished`` (as weeks of traffic would leave them), then one pass of
-:class:`~pgqueue_sync.retention.Pruner` runs, or a real worker runs it on its
+:class:`~pgqueue_sync.worker.retention.Pruner` runs, or a real worker runs it on its
 ``pgqueue_sync-pruner`` thread.
 """
 
@@ -20,13 +20,14 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgqueue_sync import DBSettings, Queries, SyncPsycopgDriver, retention
+from pgqueue_sync import DBSettings, Queries, SyncPsycopgDriver
 from pgqueue_sync.cli import cli
 from pgqueue_sync.errors import ConfigurationError
-from pgqueue_sync.inmemory import InMemoryDriver, InMemoryQueries
 from pgqueue_sync.results import Results
-from pgqueue_sync.retention import Pruner
 from pgqueue_sync.sql.ops import retention_lock_key
+from pgqueue_sync.testing.inmemory import InMemoryDriver, InMemoryQueries
+from pgqueue_sync.worker import retention
+from pgqueue_sync.worker.retention import Pruner
 
 from .worker_helpers import make_pgq, pool_for, running, wait_for
 
@@ -134,7 +135,7 @@ def test_a_pass_walks_many_batches_within_its_budget(
     add_log(conn, 10_000, age=10 * DAY, rows=2_500)
     small = Pruner(queries, keep_log=WEEK, keep_statistics=None, keep_results=None,
                    batch_size=1_000, max_batches=3)
-    with caplog.at_level(logging.INFO, logger="pgqueue_sync.retention"):
+    with caplog.at_level(logging.INFO, logger="pgqueue_sync.worker.retention"):
         first = small.run_pass()
     # A step looks at 1,000 rows by id; the 5 that stay are among the third thousand.
     assert (first.deleted["log"], first.complete) == (2_995, False)
@@ -144,7 +145,7 @@ def test_a_pass_walks_many_batches_within_its_budget(
     assert count(conn, "pgqueuer_log") == 5
     assert small.totals["log"] == 5_000
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pgqueue_sync.retention"):
+    with caplog.at_level(logging.INFO, logger="pgqueue_sync.worker.retention"):
         assert small.run_pass().total == 0
     assert caplog.records == []  # nothing removed: nothing at INFO
 
@@ -279,7 +280,7 @@ def test_claims_are_not_delayed_by_a_large_prune(
     dsn: str, conn: psycopg.Connection[Any], fast_pruner: None, rows: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="pgqueue_sync.retention"):
+    with caplog.at_level(logging.INFO, logger="pgqueue_sync.worker.retention"):
         latencies, took = claim_latencies(dsn, conn, rows)
     assert len(latencies) >= 5, f"the prune took only {took:.1f}s"
     worst = max(latencies)
@@ -343,7 +344,7 @@ def test_run_options_default_and_disable() -> None:
 @pytest.fixture
 def captured_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr("pgqueue_sync.cli.supervisor.run",
+    monkeypatch.setattr("pgqueue_sync.cli.group.launcher.run",
                         lambda factory, args, **options: seen.update(options))
     yield seen
 

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 
 from pgqueue_sync import DBSettings, Job, Queries
-from pgqueue_sync.inmemory import InMemoryQueries
 from pgqueue_sync.sql.statements import Statements
+from pgqueue_sync.testing.inmemory import InMemoryQueries
 
 from .worker_helpers import make_pgq, pool_for, running, wait_for
 
@@ -95,7 +95,7 @@ def test_an_idle_worker_wakes_for_a_job_going_stale(dsn: str, queries: Queries,
 def test_the_in_memory_adapter_leaves_stale_jobs_when_told() -> None:
     from datetime import datetime, timezone
 
-    from pgqueue_sync.inmemory import InMemoryDriver
+    from pgqueue_sync.testing.inmemory import InMemoryDriver
 
     now = [datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)]
     queries = InMemoryQueries(InMemoryDriver(clock=lambda: now[0]), settings=DBSettings())

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from pgqueue_sync import ConfigurationError, Job
-from pgqueue_sync.applications import PgQueuer
-from pgqueue_sync.cancellation import Context
-from pgqueue_sync.executors import DatabaseRetryEntrypointExecutor
+from pgqueue_sync.app import PgQueuer
+from pgqueue_sync.worker.cancellation import Context
+from pgqueue_sync.worker.executors import DatabaseRetryEntrypointExecutor
 
 from .worker_helpers import make_pgq, pool_for, running, wait_for
 
@@ -300,7 +300,7 @@ def test_in_memory_adapter_times_out_the_same_way(release: threading.Event) -> N
 
 
 def test_watchdog_expires_only_runs_not_settled_in_time() -> None:
-    from pgqueue_sync.timeouts import TimedRun, Watchdog
+    from pgqueue_sync.worker.timeouts import TimedRun, Watchdog
 
     fired: list[str] = []
     expired = threading.Event()
@@ -325,7 +325,7 @@ def test_watchdog_expires_only_runs_not_settled_in_time() -> None:
 
 
 def test_lost_slots_shrink_what_a_worker_may_claim() -> None:
-    from pgqueue_sync.capacity import Capacity
+    from pgqueue_sync.worker.capacity import Capacity
 
     capacity = Capacity(2, 10)
     capacity.settle(capacity.reserve(), 2)
@@ -343,7 +343,7 @@ def test_lost_slots_shrink_what_a_worker_may_claim() -> None:
 
 def test_retry_executor_gives_up_on_timeouts_after_its_attempts() -> None:
     from pgqueue_sync import RetryRequested
-    from pgqueue_sync.executors import EntrypointExecutor, EntrypointExecutorParameters
+    from pgqueue_sync.worker.executors import EntrypointExecutor, EntrypointExecutorParameters
 
     params = EntrypointExecutorParameters(concurrency_limit=0, func=lambda job: None)
     retrying = DatabaseRetryEntrypointExecutor(params, max_attempts=1)

@@ -18,9 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgqueue_sync import DBSettings, Queries, SyncPsycopgDriver, upkeep
+from pgqueue_sync import DBSettings, Queries, SyncPsycopgDriver
 from pgqueue_sync.models import TableHealth
-from pgqueue_sync.upkeep import (
+from pgqueue_sync.worker import upkeep
+from pgqueue_sync.worker.upkeep import (
     ANALYZE_MIN_ROWS,
     GRACE,
     VACUUM_BACKOFF,
@@ -146,10 +147,10 @@ def test_a_role_that_does_not_own_the_table_says_so_once(
         queries.enqueue(["t"] * 2_000, [None] * 2_000)
         flush_counters(conn)
         keeper = QueueUpkeep(queries)
-        with caplog.at_level(logging.INFO, "pgqueue_sync.upkeep"):
+        with caplog.at_level(logging.INFO, "pgqueue_sync.worker.upkeep"):
             for _ in range(3):
                 keeper()
-        lines = [r for r in caplog.records if r.name == "pgqueue_sync.upkeep"]
+        lines = [r for r in caplog.records if r.name == "pgqueue_sync.worker.upkeep"]
         assert len(lines) == 1 and "does not own" in lines[0].getMessage()
         assert keeper.analyzed == keeper.vacuumed == 0
         assert queries.queue_table_health().analyzed is None
@@ -220,13 +221,13 @@ def test_a_non_owner_stays_quiet_about_dead_rows_autovacuum_is_handling(
 ) -> None:
     counters = _Counters(health(owner=False, autovacuum=True, dead=50_000))
     keeper = QueueUpkeep(counters)  # type: ignore[arg-type]
-    with caplog.at_level(logging.INFO, "pgqueue_sync.upkeep"):
+    with caplog.at_level(logging.INFO, "pgqueue_sync.worker.upkeep"):
         keeper()
-        assert not [r for r in caplog.records if r.name == "pgqueue_sync.upkeep"]
+        assert not [r for r in caplog.records if r.name == "pgqueue_sync.worker.upkeep"]
         # Autovacuum has not vacuumed for longer than the grace: now it says so, once.
         counters.health = health(owner=False, autovacuum=True, dead=50_000,
                                  vacuumed=NOW - GRACE - timedelta(seconds=1))
         keeper()
         keeper()
-    lines = [r for r in caplog.records if r.name == "pgqueue_sync.upkeep"]
+    lines = [r for r in caplog.records if r.name == "pgqueue_sync.worker.upkeep"]
     assert len(lines) == 1 and "does not own" in lines[0].getMessage()

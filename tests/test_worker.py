@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 
 from pgqueue_sync import ConfigurationError, Job, RetryRequested, SchemaError
-from pgqueue_sync.applications import PgQueuer
-from pgqueue_sync.cancellation import Context
-from pgqueue_sync.executors import DatabaseRetryEntrypointExecutor
+from pgqueue_sync.app import PgQueuer
+from pgqueue_sync.worker.cancellation import Context
+from pgqueue_sync.worker.executors import DatabaseRetryEntrypointExecutor
 
 from .worker_helpers import make_pgq, pool_for, running, wait_for
 
@@ -141,7 +141,7 @@ def test_database_retry_executor_backs_off_then_holds(dsn, queries, conn):
 
 
 def test_backoff_delays_grow_and_cap():
-    from pgqueue_sync.executors import EntrypointExecutorParameters
+    from pgqueue_sync.worker.executors import EntrypointExecutorParameters
 
     params = EntrypointExecutorParameters(0, lambda job: None)
     executor = DatabaseRetryEntrypointExecutor(
@@ -422,7 +422,7 @@ def test_run_refuses_a_database_without_schema(empty_dsn):
 
 
 def test_context_detection_by_annotation():
-    from pgqueue_sync.executors import accepts_context
+    from pgqueue_sync.worker.executors import accepts_context
 
     def with_ctx(job: Job, ctx: Context) -> None: ...
     def without(job: Job) -> None: ...

@@ -8,8 +8,8 @@ import uuid
 from datetime import timedelta
 
 from pgqueue_sync import Job
-from pgqueue_sync.cancellation import Context
 from pgqueue_sync.queries import EntrypointExecutionParameter
+from pgqueue_sync.worker.cancellation import Context
 
 from .worker_helpers import make_pgq, pool_for, running, wait_for
 

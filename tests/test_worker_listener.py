@@ -11,7 +11,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgqueue_sync import options
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 from pgqueue_sync.drivers import SyncPsycopgPoolDriver, connect
 from pgqueue_sync.errors import FailingListenerError
 from tests.worker_helpers import pool_for, running, wait_for

@@ -1,7 +1,7 @@
 """Real worker processes: signals, crashes, heartbeats, fleet-wide limits, reconnects.
 
 Each test starts ``python -m tests.apps.process_worker`` children (the app runs
-through :func:`pgqueue_sync.supervisor.run`, as ``pgq-sync run`` does) against a
+through :func:`pgqueue_sync.launcher.run`, as ``pgq-sync run`` does) against a
 fresh database. Handlers report ``start``/``end`` lines to a JSON-lines file under
 ``tmp_path``; "hold" jobs run until the test creates their release file, so every
 wait is on a real condition with a deadline. The thread-level behaviour of the

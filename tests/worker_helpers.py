@@ -13,7 +13,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pgqueue_sync import DBSettings
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 
 
 def wait_for(

@@ -1,7 +1,7 @@
 """Per-table autovacuum parameters suited to the queue's tables, as SQL.
 
 Pure functions of :class:`~pgqueue_sync.settings.DBSettings`: no connection,
-no I/O. ``pgq-sync autovac`` (:mod:`pgqueue_sync.cli_autovac`) runs the
+no I/O. ``pgq-sync autovac`` (:mod:`pgqueue_sync.cli.autovac`) runs the
 statements in one transaction, prints them (``--dry-run``) and reads back the
 figures of :data:`TABLE_FIGURES`.
 

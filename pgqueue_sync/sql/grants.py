@@ -1,7 +1,7 @@
 """GRANT statements for the three parts of the queue's privileges: producer, worker, admin.
 
 Pure functions of :class:`~pgqueue_sync.settings.DBSettings`: no connection,
-no I/O. ``pgq-sync grants`` (:mod:`pgqueue_sync.cli_grants`) asks the database
+no I/O. ``pgq-sync grants`` (:mod:`pgqueue_sync.cli.grants`) asks the database
 where the objects are (:class:`Placement`) and runs the statements.
 
 Every privilege below is the least one some operation of its part needs, as

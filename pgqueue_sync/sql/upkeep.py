@@ -1,7 +1,7 @@
 """SQL of the queue table's upkeep: its planner statistics and dead rows.
 
 Pure functions of :class:`~pgqueue_sync.settings.DBSettings`, no I/O. See
-:mod:`pgqueue_sync.upkeep` for when a worker runs them.
+:mod:`pgqueue_sync.worker.upkeep` for when a worker runs them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ WHERE c.oid = %(table)s::regclass
 
 
 def health(settings: DBSettings) -> tuple[sql.SQL, dict[str, str]]:
-    """The query for :class:`~pgqueue_sync.upkeep.TableHealth`, and its parameters."""
+    """The query for :class:`~pgqueue_sync.worker.upkeep.TableHealth`, and its parameters."""
     return sql.SQL(_HEALTH), {"table": settings.ident("queue_table").as_string()}
 
 

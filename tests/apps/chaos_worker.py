@@ -5,7 +5,7 @@ Start it with::
     python -m tests.apps.chaos_worker --dsn DSN --events FILE [--concurrency N ...]
 
 (from the repository root, or with it on ``PYTHONPATH``). :func:`main` hands
-:func:`factory` to :func:`pgqueue_sync.supervisor.run` with
+:func:`factory` to :func:`pgqueue_sync.launcher.run` with
 ``restart_on_failure=True``, the way ``pgq-sync run tests.apps.chaos_worker:factory
 --restart-on-failure`` would: a worker cycle that fails (e.g. the database went
 away for longer than ``--wait-for-database``) is rebuilt from the factory in the
@@ -50,7 +50,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from pgqueue_sync import DBSettings, Job, RetryRequested
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 
 logger = logging.getLogger("tests.apps.chaos_worker")
 
@@ -209,12 +209,14 @@ def _not_a_held_failure(record: logging.LogRecord) -> bool:
     """Drop the worker's ERROR for each ``held`` job (they fail on purpose, by the
     hundred), so a worker's log shows what matters."""
     args = record.args if isinstance(record.args, tuple) else ()
-    return not (record.name == "pgqueue_sync.qm" and len(args) == 2 and args[1] == "held")
+    return not (
+        record.name == "pgqueue_sync.worker.manager" and len(args) == 2 and args[1] == "held"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker until SIGINT/SIGTERM; exit status 0 after a clean shutdown."""
-    from pgqueue_sync import supervisor
+    from pgqueue_sync import launcher as supervisor
 
     args = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(args)

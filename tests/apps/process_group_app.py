@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 
 from pgqueue_sync import Job
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 
 from . import process_worker
 

@@ -5,7 +5,7 @@ Start it with::
     python -m tests.apps.process_worker --dsn DSN --events FILE [--concurrency N ...]
 
 (from the repository root, or with it on ``PYTHONPATH``). ``main`` hands
-:func:`factory` to :func:`pgqueue_sync.supervisor.run`, the way ``pgq-sync run
+:func:`factory` to :func:`pgqueue_sync.launcher.run`, the way ``pgq-sync run
 tests.apps.process_worker:factory`` would, so the signal handling under test is
 the library's own.
 
@@ -33,7 +33,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from pgqueue_sync import DBSettings, Job
-from pgqueue_sync.applications import PgQueuer
+from pgqueue_sync.app import PgQueuer
 
 #: How often a held handler looks for its release file (seconds).
 RELEASE_POLL = 0.01
@@ -126,7 +126,7 @@ def factory(args: Sequence[str]) -> Iterator[PgQueuer]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker until SIGINT/SIGTERM; exit status 0 after a clean shutdown."""
-    from pgqueue_sync import supervisor
+    from pgqueue_sync import launcher as supervisor
 
     args = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(args)

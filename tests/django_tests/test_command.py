@@ -22,7 +22,7 @@ from django.core.management.base import CommandError, SystemCheckError
 from django.db import connection
 from django.test import override_settings
 
-import pgqueue_sync.supervisor
+import pgqueue_sync.launcher
 from pgqueue_sync.contrib.django import enqueue
 from pgqueue_sync.contrib.django.management.commands.pgq_sync import split_argv, subcommand_of
 from pgqueue_sync.contrib.django.worker import FACTORY_PATH
@@ -163,7 +163,7 @@ def test_worker_subcommand_drains_a_views_job(client: Any, committed: None) -> N
 @pytest.mark.django_db
 def test_worker_flags_override_the_worker_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(pgqueue_sync.supervisor, "run",
+    monkeypatch.setattr(pgqueue_sync.launcher, "run",
                         lambda factory, args, **options: calls.append((factory, args, options)))
     with with_settings(WORKER={"mode": "drain", "dequeue_timeout": 2.5, "concurrency": 3,
                                "restart_on_failure": True}):

@@ -12,7 +12,7 @@ from django.db import connection, connections
 from django.test import override_settings
 from psycopg import sql
 
-from pgqueue_sync import supervisor
+from pgqueue_sync import launcher as supervisor
 from pgqueue_sync.contrib.django import registry
 from pgqueue_sync.contrib.django._compat import TaskResultStatus
 from pgqueue_sync.contrib.django.conf import get_settings

@@ -5,7 +5,7 @@ Start it with::
     python -m tests.sched_apps.ticker --dsn DSN --events FILE [--api sm|pgq] [--seconds S]
 
 (from the repository root). ``main`` hands :func:`factory` to
-:func:`pgqueue_sync.supervisor.run`, as ``pgq-sync run tests.sched_apps.ticker:factory``
+:func:`pgqueue_sync.launcher.run`, as ``pgq-sync run tests.sched_apps.ticker:factory``
 would: with ``--api sm`` the factory yields a bare :class:`SchedulerManager`, with
 ``--api pgq`` a :class:`PgQueuer` that has a schedule and no entrypoint.
 
@@ -86,7 +86,7 @@ def factory(args: Sequence[str]) -> Iterator[SchedulerManager | PgQueuer]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGINT/SIGTERM; exit status 0 after a clean shutdown."""
-    from pgqueue_sync import supervisor
+    from pgqueue_sync import launcher as supervisor
 
     args = list(sys.argv[1:] if argv is None else argv)
     build_parser().parse_args(args)

@@ -7,11 +7,11 @@ import threading
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from ...applications import PgQueuer
-from ...cancellation import CancellationToken, Context
+from ...app import PgQueuer
 from ...errors import ConfigurationError
 from ...models import Job
 from ...queries import EntrypointExecutionParameter, Queries
+from ...worker.cancellation import CancellationToken, Context
 from . import registry
 from .conf import get_settings
 from .errors import DjangoConfigurationError

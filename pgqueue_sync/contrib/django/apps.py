@@ -18,7 +18,10 @@ class PgQueueSyncConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing registers the system checks (idempotent: Django keeps a set).
-        from . import _compat, checks  # noqa: F401
+        from . import (
+            _compat,  # noqa: F401
+            checks,  # noqa: F401
+        )
 
         if _compat.HAS_TASKS:
             # Django collects a Tasks backend's check() only once its Tasks

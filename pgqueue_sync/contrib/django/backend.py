@@ -50,16 +50,10 @@ from ._compat import (
 from .conf import SETTING as SETTING_NAME
 from .conf import get_settings
 from .errors import DjangoConfigurationError
-from .task_store import (
-    TASK_ENTRYPOINT_PREFIX,
-    TaskRecord,
-    TaskState,
-    TaskStore,
-    task_entrypoint,
-)
+from .task_store import TASK_ENTRYPOINT_PREFIX, TaskRecord, TaskState, TaskStore, task_entrypoint
 
 if TYPE_CHECKING:
-    from ...applications import PgQueuer
+    from ...app import PgQueuer
     from ...queries import Queries
 
 require_tasks()

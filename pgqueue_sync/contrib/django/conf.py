@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from ...cli_format import parse_duration
+from ...cli.formatting import parse_duration
 from ...errors import ConfigurationError
 from ...options import duration, retention
 from ...settings import DBSettings

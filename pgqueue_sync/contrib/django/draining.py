@@ -10,13 +10,13 @@ from typing import Any, NamedTuple
 
 from psycopg import pq, sql
 
-from ...cancellation import JobCancelled
 from ...errors import ConfigurationError
-from ...executors import retry_request
 from ...models import Job, TracebackRecord, failure_record
 from ...options import BATCH_SIZE, HEARTBEAT_TIMEOUT
 from ...results import StoredResult, encode_result
 from ...types import JOB_STATUS, JobId
+from ...worker.cancellation import JobCancelled
+from ...worker.executors import retry_request
 from ._handlers import Handlers, invoke
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ...applications import PgQueuer
+    from ...app import PgQueuer
     from .testing import CapturedJobs, DrainReport, EagerJobs
 
 #: Seconds :func:`pgqueue_worker` waits for the worker to drain by default.

@@ -37,10 +37,10 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils import timezone
 
-from ...cancellation import Context
 from ...errors import RetryRequested
-from ...executors import AbstractEntrypointExecutor
 from ...models import Job
+from ...worker.cancellation import Context
+from ...worker.executors import AbstractEntrypointExecutor
 from ._compat import (
     TaskContext,
     TaskError,

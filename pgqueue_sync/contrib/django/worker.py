@@ -26,7 +26,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ...applications import PgQueuer
+from ...app import PgQueuer
 from ...drivers import SyncPsycopgPoolDriver, connect, describe_conninfo
 from ...drivers.psycopg import with_connect_timeout_kwargs
 from ...errors import ConnectionFailed

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+
+from ..options import requests_per_second
 
 
 class TokenBucket:
@@ -43,3 +46,9 @@ class TokenBucket:
         now = time.monotonic()
         self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
+
+
+def rate_bucket(rate: float) -> TokenBucket | None:
+    """A token bucket for a finite ``requests_per_second``, else ``None`` (no limit)."""
+    rate = requests_per_second(rate)
+    return None if math.isinf(rate) else TokenBucket(rate)

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
-from .errors import DatabaseError
-from .models import Job, TracebackRecord
-from .results import StoredResult
+from ..errors import DatabaseError
+from ..models import Job, TracebackRecord
+from ..results import StoredResult
+from ..types import JOB_STATUS, JobId, QueueManagerId
 from .threads import IDLE, Idle, Ticker
-from .types import JOB_STATUS, JobId, QueueManagerId
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class CompletionBuffer:
 
     def flush(self) -> Idle | None:
         """Write everything queued; on failure keep what is unwritten and raise.
-        Returns :data:`~pgqueue_sync.threads.IDLE` when nothing was queued."""
+        Returns :data:`~pgqueue_sync.worker.threads.IDLE` when nothing was queued."""
         with self._flush_lock:
             with self._lock:
                 items, self._items = self._items, []
@@ -327,7 +327,7 @@ class Heartbeats:
         self._ticker.start()
 
     def flush(self) -> Idle | None:
-        """Write the heartbeats that are due; :data:`~pgqueue_sync.threads.IDLE` if none is."""
+        """Write the heartbeats that are due; :data:`~.threads.IDLE` if none is."""
         now = time.monotonic()
         running = self._running()
         self._last = {job_id: t for job_id, t in self._last.items() if job_id in running}

@@ -52,8 +52,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
-from .errors import ConfigurationError, DatabaseError, DuplicateJobError, UniqueViolation
-from .models import (
+from ..errors import ConfigurationError, DatabaseError, DuplicateJobError, UniqueViolation
+from ..models import (
     HealthCheckEvent,
     Job,
     Log,
@@ -66,8 +66,8 @@ from .models import (
     dump_event,
     utc_now,
 )
-from .options import HEARTBEAT_TIMEOUT
-from .queries import (
+from ..options import HEARTBEAT_TIMEOUT
+from ..queries import (
     BULK_BATCH_SIZE,
     BulkAction,
     BulkPlan,
@@ -95,10 +95,10 @@ from .queries import (
     cancellation_payloads,
     walk_bulk,
 )
-from .settings import DBSettings, db_settings
-from .sql.names import check_lengths
-from .tracing import TracingProtocol
-from .types import (
+from ..settings import DBSettings, db_settings
+from ..sql.names import check_lengths
+from ..tracing import TracingProtocol
+from ..types import (
     JOB_STATUS,
     CronEntrypoint,
     CronExpression,
@@ -112,7 +112,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .results import StoredResult
+    from ..results import StoredResult
 
 logger = logging.getLogger(__name__)
 

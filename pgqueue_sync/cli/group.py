@@ -3,7 +3,7 @@
 User errors (no connection, schema missing, bad identifier or argument) print
 one ``Error: ...`` line and exit 1 (2 for usage and configuration errors),
 without a traceback. This is the only module that configures logging handlers
-and, with :mod:`pgqueue_sync.dsn`, reads the environment.
+and, with :mod:`pgqueue_sync.cli.dsn`, reads the environment.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from typing import Any, NoReturn, TypeVar, cast
 import click
 import psycopg
 
-from . import processes as process_group
-from . import supervisor
-from ._version import __version__
-from .cli_format import parse_duration, parse_headers, table, to_json, user_traceback
-from .drivers import SyncPsycopgDriver, connect
+from .. import launcher
+from .. import processes as process_group
+from .._version import __version__
+from ..drivers import SyncPsycopgDriver, connect
+from ..errors import ConfigurationError, DuplicateJobError, FactoryError, PgqException
+from ..options import KEEP_LOG, KEEP_RESULTS, KEEP_STATISTICS, MIN_RETENTION, POLL_INTERVAL
+from ..queries import BULK_BATCH_SIZE, BulkPlan, BulkResult, ErrorRecord, Queries
+from ..schema import Schema, durability_script, install_script, uninstall_script
+from ..settings import DBSettings
+from ..types import Durability, QueueExecutionMode
 from .dsn import LIBPQ_DEFAULTS, ResolvedDSN, resolve_dsn
-from .errors import ConfigurationError, DuplicateJobError, FactoryError, PgqException
-from .options import KEEP_LOG, KEEP_RESULTS, KEEP_STATISTICS, MIN_RETENTION, POLL_INTERVAL
-from .queries import BULK_BATCH_SIZE, BulkPlan, BulkResult, ErrorRecord, Queries
-from .schema import Schema, durability_script, install_script, uninstall_script
-from .settings import DBSettings
-from .types import Durability, QueueExecutionMode
+from .formatting import parse_duration, parse_headers, table, to_json, user_traceback
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def _configure_logging(level: str) -> None:
 def install(durability: str | None, create_schema: bool, dry_run: bool, with_results: bool,
             yes: bool) -> None:
     """Create the queue tables, enum, function and trigger (as `pgq install`)."""
-    from .results import install_script as results_script
+    from ..results import install_script as results_script
 
     state = _state()
     level = Durability(durability) if durability else None
@@ -435,7 +435,7 @@ cli.add_command(
 def failed(limit: int, as_json: bool) -> None:
     """Jobs held with status 'failed' (entrypoints with on_failure='hold'), with the
     exception type and message of each one's last logged error."""
-    from .cli_ops import _fit_table
+    from .ops import _fit_table
 
     queries = _state().queries
     jobs = queries.list_failed_jobs(limit=limit)
@@ -684,7 +684,7 @@ def run(factory: str, args: Sequence[str], restart_on_failure: bool, restart_del
         process_group.run(factory, args, processes=group.pop("processes", 1),
                           restart_delay=restart_delay, **group, **options)
         return
-    supervisor.run(
+    launcher.run(
         factory, args, restart_on_failure=restart_on_failure, restart_delay=restart_delay,
         **options,
     )
@@ -745,6 +745,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     with _no_traceback_on_interrupt():
         cli.main(args=list(argv) if argv is not None else None, prog_name="pgq-sync")
 
-
-# Importing these registers their commands on `cli`.
-from . import cli_autovac, cli_grants, cli_metrics, cli_ops, cli_results  # noqa: E402,F401

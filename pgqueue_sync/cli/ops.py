@@ -1,7 +1,7 @@
 """Operator commands of ``pgq-sync``: listen, dashboard, schedules, stale, workers, backlog,
 log and prune.
 
-Registered on :data:`pgqueue_sync.cli.cli` when that module is imported. Tables
+Registered on :data:`pgqueue_sync.cli.group.cli` when :mod:`pgqueue_sync.cli` is imported. Tables
 fit the terminal (80 columns when the output is not a terminal and ``COLUMNS``
 is unset) by clipping free-text columns, show times in UTC and ages relative to
 the database clock; ``--json`` gives every value in full. Job payloads are
@@ -26,12 +26,10 @@ import click
 import psycopg
 from psycopg import sql
 
-from .cli import Seconds, UsageProblem, _state, cli, json_option
-from .cli_format import parse_duration, table, to_json
-from .drivers.base import translate_errors
-from .drivers.psycopg import describe_conninfo
-from .models import AnyEvent, CancellationEvent, HealthCheckEvent, parse_event
-from .ops import (
+from ..drivers.base import translate_errors
+from ..drivers.psycopg import describe_conninfo
+from ..models import AnyEvent, CancellationEvent, HealthCheckEvent, parse_event
+from ..ops import (
     DEFAULT_PRUNE_BATCH_SIZE,
     LATENCY_WINDOW,
     THROUGHPUT_WINDOWS,
@@ -47,8 +45,10 @@ from .ops import (
     Throughput,
     Unserved,
 )
-from .options import HEARTBEAT_TIMEOUT
-from .types import JOB_STATUS, JOB_STATUSES
+from ..options import HEARTBEAT_TIMEOUT
+from ..types import JOB_STATUS, JOB_STATUSES
+from .formatting import parse_duration, table, to_json
+from .group import Seconds, UsageProblem, _state, cli, json_option
 
 #: Table width when the output is not a terminal and ``COLUMNS`` is unset.
 DEFAULT_WIDTH = 80

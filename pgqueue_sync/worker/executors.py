@@ -15,10 +15,10 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from ..errors import ConfigurationError, RetryRequested
+from ..models import Job
+from ..types import OnFailure
 from .cancellation import Context
-from .errors import ConfigurationError, RetryRequested
-from .models import Job
-from .types import OnFailure
 
 Handler = Callable[..., Any]
 

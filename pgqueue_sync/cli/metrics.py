@@ -8,8 +8,8 @@ import urllib.request
 
 import click
 
-from .cli import UserError, _state, cli
-from .metrics import MetricsServer, collect_metrics
+from ..metrics import MetricsServer, collect_metrics
+from .group import UserError, _state, cli
 
 #: Seconds ``health`` waits for the worker's answer.
 HEALTH_REQUEST_TIMEOUT = 10.0

@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-from .backoff import Backoff
-from .errors import PgqException
+from ..backoff import Backoff
+from ..errors import PgqException
 
 logger = logging.getLogger(__name__)
 

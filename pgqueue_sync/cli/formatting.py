@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import ConfigurationError
-from .options import MAX_DURATION, duration
+from ..errors import ConfigurationError
+from ..options import MAX_DURATION, duration
 
 _DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -97,7 +97,7 @@ def _is_number(value: object) -> bool:
 #: Frames from these places are not the user's code: the package itself, the
 #: import machinery and click.
 _NOT_USER_CODE = (
-    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # pgqueue_sync/
     os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep,
     "<frozen ",
 )

@@ -1,6 +1,6 @@
 """``pgq-sync grants PART ROLE``: give a role the least privileges of a producer, worker or admin.
 
-Registered on :data:`pgqueue_sync.cli.cli` when that module is imported. The
+Registered on :data:`pgqueue_sync.cli.group.cli` when :mod:`pgqueue_sync.cli` is imported. The
 statements come from :mod:`pgqueue_sync.sql.grants`; this module only asks the
 database where the objects are (the schema of unqualified names, the real
 names of the ``id`` sequences, whether the opt-in results table exists) and
@@ -15,10 +15,9 @@ from typing import Any, cast
 import click
 from psycopg import sql
 
-from .cli import _fail, _state, cli
-from .drivers.base import Driver
-from .settings import DBSettings
-from .sql.grants import (
+from ..drivers.base import Driver
+from ..settings import DBSettings
+from ..sql.grants import (
     DEFAULT_SCHEMA,
     PARTS,
     SERIAL_TABLES,
@@ -28,6 +27,7 @@ from .sql.grants import (
     privileges,
     schemas,
 )
+from .group import _fail, _state, cli
 
 _ROLE_EXISTS = sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(role)s) AS found")
 # The schema an unqualified name resolves to: the queue table's own, once it

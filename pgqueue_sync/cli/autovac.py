@@ -1,6 +1,6 @@
 """``pgq-sync autovac``: autovacuum parameters suited to a queue, and the figures that show bloat.
 
-Registered on :data:`pgqueue_sync.cli.cli` when that module is imported. The
+Registered on :data:`pgqueue_sync.cli.group.cli` when :mod:`pgqueue_sync.cli` is imported. The
 statements and queries come from :mod:`pgqueue_sync.sql.autovac`, which also
 says why each value was chosen; this module runs them in one transaction,
 reads back ``pg_class.reloptions`` and ``pg_stat_user_tables``, and warns when
@@ -15,13 +15,10 @@ from typing import Any
 
 import click
 
-from .cli import _fail, _state, cli, json_option
-from .cli_format import to_json
-from .cli_ops import _ago, _fit_table
-from .drivers.base import Driver
-from .errors import DatabaseError, PermissionDenied
-from .settings import DBSettings
-from .sql.autovac import (
+from ..drivers.base import Driver
+from ..errors import DatabaseError, PermissionDenied
+from ..settings import DBSettings
+from ..sql.autovac import (
     LOCK_TIMEOUT_MS,
     LOG_VACUUM_SCALE_FACTOR,
     LOG_VACUUM_THRESHOLD,
@@ -42,6 +39,9 @@ from .sql.autovac import (
     table_names,
     vacuum_statement,
 )
+from .formatting import to_json
+from .group import _fail, _state, cli, json_option
+from .ops import _ago, _fit_table
 
 #: SQLSTATE of a statement cancelled by ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"

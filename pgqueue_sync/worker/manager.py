@@ -38,15 +38,11 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any, NamedTuple, TypeVar
 
-from . import options, retention, upkeep
-from .aio import EscapedBaseException, EventLoopThread
-from .backoff import Backoff
-from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
-from .cancellation import CancellationToken, Context, JobCancelled
-from .capacity import Capacity
-from .drivers.base import require_autocommit
-from .drivers.psycopg import connect, describe_conninfo, warn_if_pure_python
-from .errors import (
+from .. import options
+from ..backoff import Backoff
+from ..drivers.base import require_autocommit
+from ..drivers.psycopg import connect, describe_conninfo, warn_if_pure_python
+from ..errors import (
     ConfigurationError,
     ConnectionFailed,
     DatabaseError,
@@ -54,6 +50,33 @@ from .errors import (
     PgqException,
     SchemaError,
 )
+from ..models import (
+    AnyEvent,
+    CancellationEvent,
+    HealthCheckEvent,
+    Job,
+    TableChangedEvent,
+    TracebackRecord,
+    failure_record,
+)
+from ..ops import label_worker_session
+from ..queries import EntrypointExecutionParameter, PollState, Queries
+from ..results import StoredResult, encode_result, missing_table_problem
+from ..tracing import TracingProtocol, get_tracer, is_active, process_span
+from ..types import (
+    JOB_STATUS,
+    Channel,
+    Isolation,
+    JobId,
+    OnFailure,
+    QueueExecutionMode,
+    QueueManagerId,
+)
+from . import retention, upkeep
+from .aio import EscapedBaseException, EventLoopThread
+from .buffers import Batch, CompletionBuffer, Finished, Heartbeats
+from .cancellation import CancellationToken, Context, JobCancelled
+from .capacity import Capacity
 from .executors import (
     AbstractEntrypointExecutor,
     EntrypointExecutor,
@@ -63,32 +86,10 @@ from .executors import (
 )
 from .isolation import ProcessIsolation
 from .listener import Listener
-from .models import (
-    AnyEvent,
-    CancellationEvent,
-    HealthCheckEvent,
-    Job,
-    TableChangedEvent,
-    TracebackRecord,
-    failure_record,
-)
-from .ops import label_worker_session
-from .queries import EntrypointExecutionParameter, PollState, Queries
-from .ratelimit import TokenBucket
-from .results import StoredResult, encode_result, missing_table_problem
+from .ratelimit import TokenBucket, rate_bucket
 from .retention import Pruner
 from .threads import IDLE, JOIN_TIMEOUT, HandlerPool, Idle, Ticker
 from .timeouts import EXPIRY_BOOKKEEPING_WAIT, TimedRun, Watchdog, stack_traceback
-from .tracing import TracingProtocol, get_tracer, is_active, process_span
-from .types import (
-    JOB_STATUS,
-    Channel,
-    Isolation,
-    JobId,
-    OnFailure,
-    QueueExecutionMode,
-    QueueManagerId,
-)
 from .upkeep import QueueUpkeep
 
 logger = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class QueueManager:
         rate: float,
         stale_after: timedelta | None,
     ) -> None:
-        bucket = options.rate_bucket(rate)
+        bucket = rate_bucket(rate)
         claim = EntrypointExecutionParameter(concurrency_limit=limit, stale_after=stale_after)
         self.entrypoint_registry[name] = _Registration(
             executor, executor.parameters.on_failure, claim, bucket
@@ -367,7 +368,7 @@ class QueueManager:
 
         ``queue_upkeep`` (default on): where autovacuum does not keep up, a
         worker owning the queue table ANALYZEs and VACUUMs it (see
-        :mod:`pgqueue_sync.upkeep`); stale statistics alone slow a deep drain
+        :mod:`pgqueue_sync.worker.upkeep`); stale statistics alone slow a deep drain
         down eightfold.
 
         Notifications (LISTEN) wake an idle worker at once. ``listen_dsn`` opens
@@ -478,7 +479,7 @@ class QueueManager:
                     "the in-memory adapter cannot store job results; drop store_results"
                 )
             return  # the in-memory adapter has no catalog to check
-        from .schema import Schema
+        from ..schema import Schema
 
         problems = Schema(self.queries.driver, self.queries.settings).verify("present")
         if problems:
@@ -1342,7 +1343,7 @@ class QueueManager:
     # -- events ----------------------------------------------------------------------------
 
     def _on_payload(self, payload: str) -> None:
-        from .models import parse_event
+        from ..models import parse_event
 
         event = parse_event(payload)
         if event is not None:

@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 from psycopg_pool import ConnectionPool
 
-from .applications import PgQueuer
-from .cancellation import Context
-from .drivers.psycopg import with_connect_timeout
-from .errors import RetryRequested
-from .models import Job
-from .schema import Schema
-from .settings import DBSettings
+from ..app import PgQueuer
+from ..drivers.psycopg import with_connect_timeout
+from ..errors import RetryRequested
+from ..models import Job
+from ..schema import Schema
+from ..settings import DBSettings
+from ..worker.cancellation import Context
 
 DEMO_JOBS = 20
 

@@ -41,11 +41,11 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from .models import TableHealth
+from ..models import TableHealth
 from .threads import IDLE, Idle
 
 if TYPE_CHECKING:
-    from .queries import Queries
+    from ..queries import Queries
 
 logger = logging.getLogger(__name__)
 

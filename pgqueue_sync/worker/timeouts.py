@@ -1,6 +1,6 @@
 """Per-job timeouts: one watchdog thread that expires the runs of entrypoints
 registered with ``timeout=``. No database code here; the worker decides what an
-expiry means (see :meth:`pgqueue_sync.qm.QueueManager.entrypoint`).
+expiry means (see :meth:`pgqueue_sync.worker.manager.QueueManager.entrypoint`).
 
 A run is armed when its handler starts and settled when it ends. Exactly one
 of the two wins: :meth:`Watchdog.settle` returns True when the handler ended

@@ -10,7 +10,7 @@ Example::
     queries.enqueue("report", None, execute_after=timedelta(minutes=5))
     clock.advance(timedelta(minutes=5, seconds=1))   # now it is due
 
-See :mod:`pgqueue_sync.inmemory` for what the in-memory adapter cannot reproduce
+See :mod:`pgqueue_sync.testing.inmemory` for what the in-memory adapter cannot reproduce
 (durability, other processes, caller transactions).
 """
 
@@ -20,9 +20,9 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from ..models import utc_now
 from .inmemory import InMemoryDriver, InMemoryQueries
-from .models import utc_now
 
 __all__ = ["InMemoryDriver", "InMemoryQueries", "ManualClock", "in_memory_queries"]
 

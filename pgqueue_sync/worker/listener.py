@@ -23,8 +23,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .backoff import Backoff
-from .models import AnyEvent, parse_event
+from ..backoff import Backoff
+from ..models import AnyEvent, parse_event
 
 logger = logging.getLogger(__name__)
 

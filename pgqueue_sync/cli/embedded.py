@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError, ConnectionFailed
+from ..errors import ConfigurationError, ConnectionFailed
 
 logger = logging.getLogger(__name__)
 

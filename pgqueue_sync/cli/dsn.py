@@ -25,8 +25,8 @@ from collections.abc import Mapping
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from .drivers.psycopg import describe_conninfo
-from .errors import ConfigurationError
+from ..drivers.psycopg import describe_conninfo
+from ..errors import ConfigurationError
 
 #: Environment variables holding a whole DSN, in order of precedence.
 DSN_VARIABLES = ("PGQUEUE_SYNC_DSN", "DATABASE_URL", "PGQUEUER_DSN", "PGDSN")
@@ -89,7 +89,7 @@ def resolve_dsn(
     """Find the DSN to use, following the module's order.
 
     Starting the embedded server (step 6) blocks until it accepts connections
-    and keeps it running for this process (see :mod:`pgqueue_sync.embedded`).
+    and keeps it running for this process (see :mod:`pgqueue_sync.cli.embedded`).
     """
     env = os.environ if environ is None else environ
     if explicit:

@@ -9,7 +9,7 @@ from collections.abc import Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 
-from .errors import PgqException
+from ..errors import PgqException
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from .errors import PgqException
+from ..errors import PgqException
 
 logger = logging.getLogger(__name__)
 

@@ -27,16 +27,16 @@ from typing import Any, TypeVar
 
 from croniter import CroniterBadDateError, croniter
 
-from . import options
-from .aio import EventLoopThread
-from .backoff import Backoff
-from .cancellation import ScheduleContext
-from .drivers.base import require_autocommit
-from .errors import ConfigurationError, DatabaseError, SchemaError
-from .models import Schedule, utc_now
-from .queries import Queries
-from .threads import IDLE, JOIN_TIMEOUT, Idle, Ticker
-from .types import CronEntrypoint, CronExpression, ScheduleId
+from .. import options
+from ..backoff import Backoff
+from ..drivers.base import require_autocommit
+from ..errors import ConfigurationError, DatabaseError, SchemaError
+from ..models import Schedule, utc_now
+from ..queries import Queries
+from ..types import CronEntrypoint, CronExpression, ScheduleId
+from ..worker.aio import EventLoopThread
+from ..worker.cancellation import ScheduleContext
+from ..worker.threads import IDLE, JOIN_TIMEOUT, Idle, Ticker
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class SchedulerManager:
         """Raise :class:`SchemaError` unless the schema (schedules table included) exists."""
         if hasattr(self.queries.driver, "add_listener"):
             return  # the in-memory adapter has no catalog to check
-        from .schema import Schema
+        from ..schema import Schema
 
         problems = Schema(self.queries.driver, self.queries.settings).verify("present")
         if problems:

@@ -4,7 +4,7 @@ A thread cannot be stopped: a handler that hangs in a worker thread holds that
 thread until it returns. With ``entrypoint(..., isolation="process")`` the
 worker thread instead hands the job to a pool of child processes and waits.
 When the job's cancellation token is set (the entrypoint's ``timeout`` passed,
-see :mod:`pgqueue_sync.timeouts`, or the job was cancelled), the child running
+see :mod:`pgqueue_sync.worker.timeouts`, or the job was cancelled), the child running
 it is killed and the worker thread is free at once.
 
 What crosses the process boundary (pickled): the handler, by reference (its
@@ -33,9 +33,9 @@ import multiprocessing
 import threading
 from typing import Any
 
+from ..errors import ConfigurationError, PgqException
+from ..models import Job
 from .cancellation import Context, JobCancelled
-from .errors import ConfigurationError, PgqException
-from .models import Job
 
 logger = logging.getLogger(__name__)
 

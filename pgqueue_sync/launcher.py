@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from .applications import PgQueuer
+from .app import PgQueuer
 from .errors import ConfigurationError, FactoryError, PgqException
 from .options import duration
-from .qm import QueueManager
-from .scheduler import SchedulerManager
+from .scheduler.manager import SchedulerManager
+from .worker.manager import QueueManager
 
 logger = logging.getLogger(__name__)
 

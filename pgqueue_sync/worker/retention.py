@@ -36,10 +36,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from .types import RetentionTable
+from ..types import RetentionTable
 
 if TYPE_CHECKING:
-    from .queries import Queries
+    from ..queries import Queries
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from typing import Any, TypeVar
 
 from . import options
 from .drivers.base import Driver
-from .executors import AbstractEntrypointExecutor
-from .qm import ExecutorFactory, QueueManager
 from .queries import Queries
-from .scheduler import ScheduleExecutorFactory, SchedulerManager, signal_handlers
+from .scheduler.manager import ScheduleExecutorFactory, SchedulerManager, signal_handlers
 from .settings import DBSettings
 from .tracing import TracingProtocol
 from .types import Channel, Isolation, OnFailure, QueueExecutionMode
+from .worker.executors import AbstractEntrypointExecutor
+from .worker.manager import ExecutorFactory, QueueManager
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class PgQueuer:
 
         For tests of handlers; see :mod:`pgqueue_sync.testing`.
         """
-        from .inmemory import InMemoryDriver, InMemoryQueries
+        from .testing.inmemory import InMemoryDriver, InMemoryQueries
 
         driver = InMemoryDriver()
         queries = InMemoryQueries(driver)

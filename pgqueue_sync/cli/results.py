@@ -1,6 +1,6 @@
 """``pgq-sync results``: the opt-in results table (install, uninstall, show, prune).
 
-Registered on :data:`pgqueue_sync.cli.cli` when that module is imported. The
+Registered on :data:`pgqueue_sync.cli.group.cli` when :mod:`pgqueue_sync.cli` is imported. The
 table is pgqueue_sync's own (``{prefix}pgqueue_sync_results``); see
 :mod:`pgqueue_sync.results`. ``show`` prints stored return values because it
 is asked to; nothing here logs them.
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import click
 
-from .cli import _state, cli, json_option
-from .cli_format import parse_duration, table, to_json
-from .results import PRUNE_BATCH_SIZE, Results, install_script, uninstall_script
+from ..results import PRUNE_BATCH_SIZE, Results, install_script, uninstall_script
+from .formatting import parse_duration, table, to_json
+from .group import _state, cli, json_option
 
 #: ``show``: result and error columns are clipped to this many characters (``--json``: full).
 SHOW_WIDTH = 60

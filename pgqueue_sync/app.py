@@ -5,18 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, MutableMapping
-from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import options
 from .drivers.base import Driver
 from .queries import Queries
-from .scheduler.manager import ScheduleExecutorFactory, SchedulerManager, signal_handlers
+from .scheduler.manager import ScheduleKeywords, SchedulerManager
 from .settings import DBSettings
+from .signals import StopSignals
 from .tracing import TracingProtocol
-from .types import Channel, Isolation, OnFailure, QueueExecutionMode
-from .worker.executors import AbstractEntrypointExecutor
-from .worker.manager import ExecutorFactory, QueueManager
+from .types import Channel
+from .worker.executors import AbstractEntrypointExecutor, EntrypointKeywords
+from .worker.manager import QueueManager
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -97,48 +100,17 @@ class PgQueuer:
         queries = InMemoryQueries(driver)
         return cls(driver, channel, resources, queries)  # type: ignore[arg-type]
 
-    def entrypoint(
-        self,
-        name: str,
-        *,
-        concurrency_limit: int = 0,
-        accepts_context: bool | None = None,
-        on_failure: OnFailure = "delete",
-        executor_factory: ExecutorFactory | None = None,
-        serialized_dispatch: bool = False,
-        requests_per_second: float = float("inf"),
-        retry_timer: timedelta | float | None = None,
-        store_result: bool | None = None,
-        timeout: timedelta | float | None = options.ENTRYPOINT_TIMEOUT,
-        isolation: Isolation = options.ISOLATION,
-    ) -> Callable[[F], F]:
-        """Register a handler; see :meth:`QueueManager.entrypoint`."""
-        return self.qm.entrypoint(
-            name,
-            concurrency_limit=concurrency_limit,
-            accepts_context=accepts_context,
-            on_failure=on_failure,
-            executor_factory=executor_factory,
-            serialized_dispatch=serialized_dispatch,
-            requests_per_second=requests_per_second,
-            retry_timer=retry_timer,
-            store_result=store_result,
-            timeout=timeout,
-            isolation=isolation,
-        )
+    def entrypoint(self, name: str, **given: Unpack[EntrypointKeywords]) -> Callable[[F], F]:
+        """Register a handler; see :meth:`QueueManager.entrypoint` and
+        :class:`~pgqueue_sync.worker.executors.EntrypointKeywords`."""
+        return self.qm.entrypoint(name, **given)
 
     def register_executor(self, name: str, executor: AbstractEntrypointExecutor) -> None:
         """Register a ready-made executor; see :meth:`QueueManager.register_executor`."""
         self.qm.register_executor(name, executor)
 
     def schedule(
-        self,
-        entrypoint: str,
-        expression: str,
-        *,
-        clean_old: bool = False,
-        accepts_context: bool | None = None,
-        executor_factory: ScheduleExecutorFactory | None = None,
+        self, entrypoint: str, expression: str, **given: Unpack[ScheduleKeywords]
     ) -> Callable[[F], F]:
         """Register a cron schedule; see :meth:`SchedulerManager.schedule`.
 
@@ -147,35 +119,9 @@ class PgQueuer:
             @pgq.schedule("nightly_report", "0 3 * * *")
             def nightly_report(schedule: Schedule) -> None: ...
         """
-        return self.sm.schedule(
-            entrypoint,
-            expression,
-            clean_old=clean_old,
-            accepts_context=accepts_context,
-            executor_factory=executor_factory,
-        )
+        return self.sm.schedule(entrypoint, expression, **given)
 
-    def run(
-        self,
-        *,
-        dequeue_timeout: timedelta | float = timedelta(seconds=30),
-        batch_size: int = 10,
-        mode: QueueExecutionMode | str = QueueExecutionMode.continuous,
-        max_concurrent_tasks: int | None = None,
-        shutdown_on_listener_failure: bool = False,
-        heartbeat_timeout: timedelta | float = timedelta(seconds=30),
-        log_aggregation_interval: timedelta | float | None = timedelta(seconds=30),
-        concurrency: int | None = None,
-        shutdown_timeout: timedelta | float | None = None,
-        wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
-        queue_upkeep: bool = options.QUEUE_UPKEEP,
-        listen_dsn: str | None = None,
-        poll_only: bool = False,
-        poll_interval: timedelta | float = options.POLL_INTERVAL,
-        keep_log: timedelta | float | None = options.KEEP_LOG,
-        keep_statistics: timedelta | float | None = options.KEEP_STATISTICS,
-        keep_results: timedelta | float | None = options.KEEP_RESULTS,
-    ) -> None:
+    def run(self, **given: Unpack[options.RunKeywords]) -> None:
         """Run the worker and the scheduler until shut down; see :meth:`QueueManager.run`.
 
         Blocks. With both entrypoints and schedules registered, the scheduler
@@ -185,39 +131,21 @@ class PgQueuer:
         other than ``shutdown_timeout`` do not apply). ``shutdown_timeout``
         bounds the wait for running jobs and running schedules alike.
         """
-        worker_options: dict[str, Any] = {
-            "dequeue_timeout": dequeue_timeout,
-            "batch_size": batch_size,
-            "mode": mode,
-            "max_concurrent_tasks": max_concurrent_tasks,
-            "shutdown_on_listener_failure": shutdown_on_listener_failure,
-            "heartbeat_timeout": heartbeat_timeout,
-            "log_aggregation_interval": log_aggregation_interval,
-            "concurrency": concurrency,
-            "shutdown_timeout": shutdown_timeout,
-            "wait_for_database": wait_for_database,
-            "queue_upkeep": queue_upkeep,
-            "listen_dsn": listen_dsn,
-            "poll_only": poll_only,
-            "poll_interval": poll_interval,
-            "keep_log": keep_log,
-            "keep_statistics": keep_statistics,
-            "keep_results": keep_results,
-        }
+        options.known_keywords("run()", given, options.RunKeywords)
         if not self.sm.registry:
-            self.qm.run(**worker_options)
+            self.qm.run(**given)
         elif not self.qm.entrypoint_registry:
-            self.sm.run(shutdown_timeout=shutdown_timeout)
+            self.sm.run(shutdown_timeout=given.get("shutdown_timeout"))
         else:
-            options.RunOptions.build(**worker_options)  # fail before any thread starts
-            self._run_both(worker_options)
+            options.RunOptions.build(**given)  # fail before any thread starts
+            self._run_both(given)
 
-    def _run_both(self, worker_options: dict[str, Any]) -> None:
+    def _run_both(self, given: options.RunKeywords) -> None:
         failures: list[BaseException] = []
 
         def scheduler() -> None:
             try:
-                self.sm.run(shutdown_timeout=worker_options["shutdown_timeout"])
+                self.sm.run(shutdown_timeout=given.get("shutdown_timeout"))
             except BaseException as exc:  # re-raised by run() in the caller's thread
                 logger.error("scheduler failed (%r); stopping the worker", exc)
                 failures.append(exc)
@@ -228,10 +156,10 @@ class PgQueuer:
         # While the worker runs, its own handlers take the signals (and hand ours
         # back afterwards); these serve the wait for the scheduler below, where a
         # further signal releases the schedules still running.
-        with signal_handlers(self.sm._on_signal):
+        with StopSignals(self.sm.on_stop_signal, stopping=self.shutdown.is_set).installed():
             thread.start()
             try:
-                self.qm.run(**worker_options)
+                self.qm.run(**given)
             finally:
                 self.shutdown.set()
                 while thread.is_alive():

@@ -13,7 +13,6 @@ import importlib
 import inspect
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from .app import PgQueuer
 from .errors import ConfigurationError, FactoryError, PgqException
 from .options import duration
 from .scheduler.manager import SchedulerManager
+from .signals import handling_stop_signals
 from .worker.manager import QueueManager
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ def run(
     fn = load_factory(factory) if isinstance(factory, str) else factory
     stop = shutdown or threading.Event()
     delay = duration("restart_delay", restart_delay).total_seconds()
-    with _stop_on_signals(stop):
+    # Between cycles (while the factory builds the worker) a signal only stops the
+    # loop; while a worker runs, its own handlers take the signals.
+    with handling_stop_signals(lambda _signum: stop.set()):
         while not stop.is_set():
             try:
                 _run_once(fn, args, stop, run_options, metrics_port, on_built)
@@ -234,16 +236,3 @@ def _relay(source: threading.Event, target: threading.Event) -> None:
             return
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

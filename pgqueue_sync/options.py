@@ -10,9 +10,13 @@ import math
 import os
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import ConfigurationError
 from .types import ISOLATION_MODES, ON_FAILURE_MODES, Isolation, OnFailure, QueueExecutionMode
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: Longest idle wait between claims when no notification arrives.
 DEQUEUE_TIMEOUT = timedelta(seconds=30)
@@ -36,10 +40,6 @@ LANE_IDLE_WAIT = 1.0
 #: The flusher writes outcomes itself once this many batches of them wait
 #: (otherwise they ride along with the next claim, or go on its timer).
 OUTCOME_BATCHES_BEFORE_FLUSH = 4
-#: Dispatcher backoff after a database error: first delay and cap (seconds). The
-#: cap keeps the worker back at work within seconds of the database returning.
-DATABASE_RETRY_INITIAL = 0.5
-DATABASE_RETRY_MAX = 5.0
 #: How long run() waits for an unreachable database at start before giving up.
 WAIT_FOR_DATABASE = timedelta(seconds=60)
 #: A claim looks for stale picked jobs at most this often (and at most a quarter
@@ -240,6 +240,45 @@ def execution_mode(mode: QueueExecutionMode | str) -> QueueExecutionMode:
         ) from None
 
 
+class RunKeywords(TypedDict, total=False):
+    """The keywords of ``run()``, declared once for :meth:`QueueManager.run
+    <pgqueue_sync.worker.manager.QueueManager.run>` and :meth:`PgQueuer.run
+    <pgqueue_sync.app.PgQueuer.run>`; each defaults to the constant named beside it."""
+
+    #: Longest idle wait between claims without a notification (DEQUEUE_TIMEOUT).
+    dequeue_timeout: timedelta | float
+    #: Jobs claimed per statement (BATCH_SIZE).
+    batch_size: int
+    #: ``continuous`` runs until shut down; ``drain`` stops once the queue is empty.
+    mode: QueueExecutionMode | str
+    #: Jobs this worker may hold at once (None: no budget beyond the handler threads).
+    max_concurrent_tasks: int | None
+    #: Stop the worker when the listener fails instead of polling.
+    shutdown_on_listener_failure: bool
+    #: A picked job whose heartbeat is older than this is re-picked (HEARTBEAT_TIMEOUT).
+    heartbeat_timeout: timedelta | float
+    #: How often log rows are folded into statistics; None or 0 disables it.
+    log_aggregation_interval: timedelta | float | None
+    #: Handler threads and in-flight jobs (CONCURRENCY when None).
+    concurrency: int | None
+    #: How long a graceful stop waits for running jobs (None: until they finish).
+    shutdown_timeout: timedelta | float | None
+    #: How long run() waits for an unreachable database at start (WAIT_FOR_DATABASE).
+    wait_for_database: timedelta | float
+    #: ANALYZE/VACUUM the queue table where autovacuum falls behind (QUEUE_UPKEEP).
+    queue_upkeep: bool
+    #: A direct server connection string for LISTEN (e.g. behind PgBouncer).
+    listen_dsn: str | None
+    #: Never LISTEN; poll every ``poll_interval``.
+    poll_only: bool
+    #: How often a worker without notifications looks for jobs (POLL_INTERVAL).
+    poll_interval: timedelta | float
+    #: Retention of log rows, statistics rows and stored results (None: forever).
+    keep_log: timedelta | float | None
+    keep_statistics: timedelta | float | None
+    keep_results: timedelta | float | None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     """Validated ``run()`` arguments."""
@@ -265,53 +304,61 @@ class RunOptions:
     keep_results: timedelta | None = KEEP_RESULTS
 
     @classmethod
-    def build(
-        cls,
-        *,
-        dequeue_timeout: timedelta | float,
-        batch_size: int,
-        mode: QueueExecutionMode | str,
-        max_concurrent_tasks: int | None,
-        shutdown_on_listener_failure: bool,
-        heartbeat_timeout: timedelta | float,
-        log_aggregation_interval: timedelta | float | None,
-        concurrency: int | None,
-        shutdown_timeout: timedelta | float | None,
-        wait_for_database: timedelta | float = WAIT_FOR_DATABASE,
-        queue_upkeep: bool = QUEUE_UPKEEP,
-        listen_dsn: str | None = None,
-        poll_only: bool = False,
-        poll_interval: timedelta | float = POLL_INTERVAL,
-        keep_log: timedelta | float | None = KEEP_LOG,
-        keep_statistics: timedelta | float | None = KEEP_STATISTICS,
-        keep_results: timedelta | float | None = KEEP_RESULTS,
-    ) -> RunOptions:
+    def build(cls, **given: Unpack[RunKeywords]) -> RunOptions:
         """Validate everything up front; raises :class:`ConfigurationError`."""
-        batch = positive_int("batch_size", batch_size)
-        aggregation = None if log_aggregation_interval is None else duration(
-            "log_aggregation_interval", log_aggregation_interval
-        )
+        known_keywords("run()", given, RunKeywords)
+        batch = positive_int("batch_size", given.get("batch_size", BATCH_SIZE))
+        aggregation = given.get("log_aggregation_interval", LOG_AGGREGATION_INTERVAL)
+        concurrency = given.get("concurrency")
+        shutdown_timeout = given.get("shutdown_timeout")
+        poll_only = bool(given.get("poll_only", False))
+        on_listener_failure = bool(given.get("shutdown_on_listener_failure", False))
         return cls(
-            dequeue_timeout=positive_duration("dequeue_timeout", dequeue_timeout),
+            dequeue_timeout=positive_duration(
+                "dequeue_timeout", given.get("dequeue_timeout", DEQUEUE_TIMEOUT)
+            ),
             batch_size=batch,
-            mode=execution_mode(mode),
-            max_concurrent_tasks=_budget(max_concurrent_tasks, batch),
-            shutdown_on_listener_failure=bool(shutdown_on_listener_failure),
-            heartbeat_timeout=positive_duration("heartbeat_timeout", heartbeat_timeout),
-            log_aggregation_interval=aggregation or None,
-            concurrency=positive_int("concurrency", CONCURRENCY if concurrency is None
-                                     else concurrency),
+            mode=execution_mode(given.get("mode", QueueExecutionMode.continuous)),
+            max_concurrent_tasks=_budget(given.get("max_concurrent_tasks"), batch),
+            shutdown_on_listener_failure=on_listener_failure,
+            heartbeat_timeout=positive_duration(
+                "heartbeat_timeout", given.get("heartbeat_timeout", HEARTBEAT_TIMEOUT)
+            ),
+            log_aggregation_interval=None if aggregation is None else (
+                duration("log_aggregation_interval", aggregation) or None
+            ),
+            concurrency=positive_int(
+                "concurrency", CONCURRENCY if concurrency is None else concurrency
+            ),
             shutdown_timeout=None if shutdown_timeout is None else duration(
                 "shutdown_timeout", shutdown_timeout
             ),
-            wait_for_database=duration("wait_for_database", wait_for_database),
-            queue_upkeep=bool(queue_upkeep),
-            listen_dsn=_listen_dsn(listen_dsn, poll_only, shutdown_on_listener_failure),
-            poll_only=bool(poll_only),
-            poll_interval=positive_duration("poll_interval", poll_interval),
-            keep_log=retention("keep_log", keep_log),
-            keep_statistics=retention("keep_statistics", keep_statistics),
-            keep_results=retention("keep_results", keep_results),
+            wait_for_database=duration(
+                "wait_for_database", given.get("wait_for_database", WAIT_FOR_DATABASE)
+            ),
+            queue_upkeep=bool(given.get("queue_upkeep", QUEUE_UPKEEP)),
+            listen_dsn=_listen_dsn(given.get("listen_dsn"), poll_only, on_listener_failure),
+            poll_only=poll_only,
+            poll_interval=positive_duration(
+                "poll_interval", given.get("poll_interval", POLL_INTERVAL)
+            ),
+            keep_log=retention("keep_log", given.get("keep_log", KEEP_LOG)),
+            keep_statistics=retention(
+                "keep_statistics", given.get("keep_statistics", KEEP_STATISTICS)
+            ),
+            keep_results=retention("keep_results", given.get("keep_results", KEEP_RESULTS)),
+        )
+
+
+def known_keywords(call: str, given: Mapping[str, Any], declared: type) -> None:
+    """Raise :class:`ConfigurationError` naming any keyword ``declared`` (a TypedDict)
+    does not declare: ``**kwargs`` would otherwise let a misspelt option pass silently."""
+    names: frozenset[str] = declared.__required_keys__ | declared.__optional_keys__  # type: ignore[attr-defined]
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ConfigurationError(
+            f"{call} got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"known options: {', '.join(sorted(names))}"
         )
 
 

@@ -48,7 +48,7 @@ from .app import PgQueuer
 from .backoff import INITIAL_DELAY, Backoff
 from .errors import ConfigurationError
 from .options import duration
-from .scheduler.manager import signal_handlers
+from .signals import StopRequest, StopSignals
 from .worker.manager import QueueManager
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class _Supervisor:
         logger.info("supervisor %d: starting %d worker process(es) of %s", os.getpid(),
                     self.count, self.config["factory"])
         try:
-            with signal_handlers(self._on_signal):
+            with StopSignals(self._on_stop_signal).installed():
                 while self._step():
                     self._wake.wait(POLL_INTERVAL)
                     self._wake.clear()
@@ -236,9 +236,10 @@ class _Supervisor:
             raise self.fatal
         logger.info("supervisor %d: every worker process has exited", os.getpid())
 
-    def _on_signal(self, signum: int) -> None:
-        # Runs between two bytecodes of the main thread: count it and wake the loop.
-        self.signals += 1
+    def _on_stop_signal(self, request: StopRequest) -> None:
+        # Runs between two bytecodes of the main thread: count it and wake the loop,
+        # which acts on it (first: graceful; second: at once; more: kill).
+        self.signals = request.number
         self._wake.set()
 
     def _step(self) -> bool:

@@ -40,7 +40,6 @@ from pgqueue_sync import (
     SchedulerManager,
     SyncPsycopgDriver,
     backoff,
-    options,
 )
 from pgqueue_sync.app import PgQueuer
 from pgqueue_sync.schema import Schema
@@ -89,8 +88,8 @@ IN_FLIGHT = 1.0
 
 def shortest_delay(step: int) -> float:
     """The shortest wait after the ``step``-th consecutive failure (1-based)."""
-    initial = min(backoff.INITIAL_DELAY, options.DATABASE_RETRY_INITIAL)
-    longest = min(backoff.MAX_DELAY, options.DATABASE_RETRY_MAX)
+    initial = min(backoff.INITIAL_DELAY, backoff.DATABASE_RETRY_INITIAL)
+    longest = min(backoff.MAX_DELAY, backoff.DATABASE_RETRY_MAX)
     return min(initial * backoff.FACTOR ** (step - 1), longest) * (1 - backoff.JITTER)
 
 

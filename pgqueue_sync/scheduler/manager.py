@@ -18,25 +18,29 @@ import dataclasses
 import functools
 import inspect
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, MutableMapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from croniter import CroniterBadDateError, croniter
 
 from .. import options
-from ..backoff import Backoff
+from ..backoff import DatabaseRetry
 from ..drivers.base import require_autocommit
-from ..errors import ConfigurationError, DatabaseError, SchemaError
+from ..errors import ConfigurationError, DatabaseError
 from ..models import Schedule, utc_now
+from ..preflight import verify_queue_schema
 from ..queries import Queries
+from ..signals import StopRequest, StopSignals
 from ..types import CronEntrypoint, CronExpression, ScheduleId
 from ..worker.aio import EventLoopThread
 from ..worker.cancellation import ScheduleContext
 from ..worker.threads import IDLE, JOIN_TIMEOUT, Idle, Ticker
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +146,18 @@ class ScheduleExecutor(AbstractScheduleExecutor):
 ScheduleExecutorFactory = Callable[[ScheduleExecutorFactoryParameters], AbstractScheduleExecutor]
 
 
+class ScheduleKeywords(TypedDict, total=False):
+    """The keywords of ``schedule()``, declared once for :meth:`SchedulerManager.schedule`
+    and :meth:`PgQueuer.schedule <pgqueue_sync.app.PgQueuer.schedule>`."""
+
+    #: Delete every existing row of the entrypoint when :meth:`SchedulerManager.run` starts.
+    clean_old: bool
+    #: Pass a ``ScheduleContext`` (None: when a parameter is annotated so).
+    accepts_context: bool | None
+    #: Builds the executor (default :class:`ScheduleExecutor`).
+    executor_factory: ScheduleExecutorFactory | None
+
+
 @dataclasses.dataclass(eq=False)
 class _Run:
     """One claimed schedule while it runs here; guarded by the manager's lock."""
@@ -182,17 +198,11 @@ class SchedulerManager:
     # -- registration ----------------------------------------------------------------------
 
     def schedule(
-        self,
-        entrypoint: str,
-        expression: str,
-        *,
-        clean_old: bool = False,
-        accepts_context: bool | None = None,
-        executor_factory: ScheduleExecutorFactory | None = None,
+        self, entrypoint: str, expression: str, **given: Unpack[ScheduleKeywords]
     ) -> Callable[[F], F]:
         """Register a ``def`` or ``async def`` function to run on a cron ``expression``.
 
-        Example::
+        Takes the keywords of :class:`ScheduleKeywords`. Example::
 
             @sm.schedule("cleanup", "*/5 * * * *")
             def cleanup(schedule: Schedule) -> None: ...
@@ -211,7 +221,9 @@ class SchedulerManager:
             )
         key: ScheduleKey = (CronEntrypoint(entrypoint), normalize_expression(expression))
         self._check_unique(key)
-        factory = executor_factory or ScheduleExecutor
+        options.known_keywords("schedule()", given, ScheduleKeywords)
+        factory = given.get("executor_factory") or ScheduleExecutor
+        accepts_context = given.get("accepts_context")
 
         def register(func: F) -> F:
             self._check_unique(key)
@@ -220,7 +232,7 @@ class SchedulerManager:
                 entrypoint=key[0],
                 expression=key[1],
                 func=func,
-                clean_old=clean_old,
+                clean_old=bool(given.get("clean_old", False)),
                 accepts_context=wants,
             )
             self.registry[key] = factory(parameters)
@@ -265,21 +277,12 @@ class SchedulerManager:
         require_autocommit(self.queries.driver, "scheduler")
         self.verify_structure()
         self._stop_now.clear()
-        with signal_handlers(self._on_signal):
+        with StopSignals(self.on_stop_signal, stopping=self.shutdown.is_set).installed():
             self._run(timeout)
 
     def verify_structure(self) -> None:
         """Raise :class:`SchemaError` unless the schema (schedules table included) exists."""
-        if hasattr(self.queries.driver, "add_listener"):
-            return  # the in-memory adapter has no catalog to check
-        from ..schema import Schema
-
-        problems = Schema(self.queries.driver, self.queries.settings).verify("present")
-        if problems:
-            raise SchemaError(
-                "the queue schema is missing or outdated: " + "; ".join(problems)
-                + " (run 'pgq-sync install' or 'pgq-sync upgrade')"
-            )
+        verify_queue_schema(self.queries)
 
     def _run(self, timeout: timedelta | None) -> None:
         self._register_rows()
@@ -310,29 +313,19 @@ class SchedulerManager:
         return {key: executor.next_in() for key, executor in self.registry.items()}
 
     def _poll_loop(self) -> None:
-        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
-                          maximum=options.DATABASE_RETRY_MAX)
-        while not self.shutdown.is_set():
-            try:
-                if backoff.failing:
-                    # The rows may be gone (the schema was reinstalled meanwhile):
-                    # register them again; rows that exist stay as they are.
-                    self.queries.insert_schedule(self._next_runs())
-                claimed = self.queries.fetch_schedule(self._next_runs())
-            except DatabaseError as exc:
-                if isinstance(exc, ConfigurationError):
-                    raise  # e.g. PoolerError: no retry fixes it; the message says what does
-                # The scheduler outlives a database restart: back off, then poll again.
-                delay = backoff.failure()
-                logger.warning("database error in the scheduler (%s); retrying in %.1fs",
-                               exc, delay)
-                self.shutdown.wait(delay)
-                continue
-            if backoff.success():
-                logger.warning("database reachable again; the scheduler resumes")
-            for schedule in claimed:
-                self._dispatch(schedule)
-            self.shutdown.wait(self._poll_wait())
+        # The scheduler outlives a database restart: it backs off, then polls again.
+        retry = DatabaseRetry("the scheduler", stop=self.shutdown, log=logger,
+                              recovered="database reachable again; the scheduler resumes")
+        retry.run(self._poll_once)
+
+    def _poll_once(self, failed_before: bool) -> None:
+        if failed_before:
+            # The rows may be gone (the schema was reinstalled meanwhile):
+            # register them again; rows that exist stay as they are.
+            self.queries.insert_schedule(self._next_runs())
+        for schedule in self.queries.fetch_schedule(self._next_runs()):
+            self._dispatch(schedule)
+        self.shutdown.wait(self._poll_wait())
 
     def _poll_wait(self) -> float:
         soonest = min(executor.next_in() for executor in self.registry.values())
@@ -422,12 +415,13 @@ class SchedulerManager:
 
     # -- shutdown --------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int) -> None:
-        if self.shutdown.is_set():
-            logger.warning("second signal: releasing running schedules now")
+    def on_stop_signal(self, request: StopRequest) -> None:
+        """What a stop signal does to a running scheduler (see :mod:`pgqueue_sync.signals`)."""
+        if request.at_once:
+            logger.warning("%s again: releasing running schedules now", request.name)
             self._stop_now.set()
             return
-        logger.info("received %s: finishing running schedules", signal.Signals(signum).name)
+        logger.info("received %s: finishing running schedules", request.name)
         self.shutdown.set()
 
     def _wait_for_running(self, timeout: timedelta | None) -> None:
@@ -467,24 +461,6 @@ class SchedulerManager:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
-
-
-@contextlib.contextmanager
-def signal_handlers(callback: Callable[[int], None]) -> Iterator[None]:
-    """Route SIGINT/SIGTERM to ``callback(signum)`` while active; main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous: Mapping[int, Any] = {
-        signum: signal.signal(signum, lambda s, _frame: callback(s))
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
 
 
 def _wants_context(func: Callable[..., Any]) -> bool:

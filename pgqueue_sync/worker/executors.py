@@ -13,11 +13,11 @@ import inspect
 import random
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from ..errors import ConfigurationError, RetryRequested
 from ..models import Job
-from ..types import OnFailure
+from ..types import Isolation, OnFailure
 from .cancellation import Context
 
 Handler = Callable[..., Any]
@@ -149,6 +149,38 @@ class DatabaseRetryEntrypointExecutor(EntrypointExecutor):
         if self.jitter:
             seconds *= 1 + random.uniform(-self.jitter, self.jitter)
         return timedelta(seconds=max(seconds, 0.0))
+
+
+#: Builds an entrypoint's executor from its parameters (``entrypoint(executor_factory=)``).
+ExecutorFactory = Callable[[EntrypointExecutorParameters], AbstractEntrypointExecutor]
+
+
+class EntrypointKeywords(TypedDict, total=False):
+    """The keywords of ``entrypoint()``, declared once for :meth:`QueueManager.entrypoint
+    <pgqueue_sync.worker.manager.QueueManager.entrypoint>` and :meth:`PgQueuer.entrypoint
+    <pgqueue_sync.app.PgQueuer.entrypoint>`."""
+
+    #: Running jobs of this entrypoint fleet-wide (0: no limit); every worker must agree.
+    concurrency_limit: int
+    #: Pass a :class:`Context` to the handler (None: when its signature asks for one).
+    accepts_context: bool | None
+    #: What a failed job becomes: ``"delete"`` (logged, removed) or ``"hold"`` (kept).
+    on_failure: OnFailure
+    #: Builds the executor (default :class:`EntrypointExecutor`).
+    executor_factory: ExecutorFactory | None
+    #: True means a ``concurrency_limit`` of 1.
+    serialized_dispatch: bool
+    #: A token bucket in *this* worker (default: no limit).
+    requests_per_second: float
+    #: This entrypoint's stale-job timeout (default: the worker's ``heartbeat_timeout``).
+    retry_timer: timedelta | float | None
+    #: Store the handler's return value (None: the worker's ``store_results``).
+    store_result: bool | None
+    #: Bound on each run (None: no timeout); see docs/timeouts.md.
+    timeout: timedelta | float | None
+    #: ``"thread"`` (default) or ``"process"``; see docs/timeouts.md.
+    isolation: Isolation
+
 
 
 def retry_request(exc: BaseException) -> RetryRequested | None:

@@ -29,17 +29,15 @@ import collections
 import dataclasses
 import functools
 import logging
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timedelta
-from types import FrameType
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .. import options
-from ..backoff import Backoff
+from ..backoff import DatabaseRetry, needs_a_fix
 from ..drivers.base import require_autocommit
 from ..drivers.psycopg import connect, describe_conninfo, warn_if_pure_python
 from ..errors import (
@@ -48,7 +46,6 @@ from ..errors import (
     DatabaseError,
     FailingListenerError,
     PgqException,
-    SchemaError,
 )
 from ..models import (
     AnyEvent,
@@ -60,13 +57,14 @@ from ..models import (
     failure_record,
 )
 from ..ops import label_worker_session
+from ..preflight import in_process, verify_queue_schema
 from ..queries import EntrypointExecutionParameter, PollState, Queries
-from ..results import StoredResult, encode_result, missing_table_problem
+from ..results import StoredResult, encode_result
+from ..signals import StopRequest, StopSignals
 from ..tracing import TracingProtocol, get_tracer, is_active, process_span
 from ..types import (
     JOB_STATUS,
     Channel,
-    Isolation,
     JobId,
     OnFailure,
     QueueExecutionMode,
@@ -81,6 +79,7 @@ from .executors import (
     AbstractEntrypointExecutor,
     EntrypointExecutor,
     EntrypointExecutorParameters,
+    EntrypointKeywords,
     accepts_context,
     retry_request,
 )
@@ -91,6 +90,9 @@ from .retention import Pruner
 from .threads import IDLE, JOIN_TIMEOUT, HandlerPool, Idle, Ticker
 from .timeouts import EXPIRY_BOOKKEEPING_WAIT, TimedRun, Watchdog, stack_traceback
 from .upkeep import QueueUpkeep
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,6 @@ QUICK_JOIN_TIMEOUT = 1.0
 LISTEN_DSN_HINT = "check --listen-dsn / PGQUEUE_SYNC_LISTEN_DSN and that the server is running"
 
 F = TypeVar("F", bound=Callable[..., Any])
-ExecutorFactory = Callable[[EntrypointExecutorParameters], AbstractEntrypointExecutor]
 
 
 @dataclasses.dataclass
@@ -178,7 +179,7 @@ class QueueManager:
         self._halt = threading.Event()
         # A second signal: the main thread stops its final waits.
         self._stop_now = threading.Event()
-        self._signals = 0
+        self._stop_signals = StopSignals(self._on_stop_signal, stopping=self.shutdown.is_set)
         # Set by a listener reconnect (or a halt): ends the dispatcher's backoff early.
         self._recovered = threading.Event()
         self._fatal: BaseException | None = None
@@ -218,23 +219,10 @@ class QueueManager:
 
     # -- registration ----------------------------------------------------------------------
 
-    def entrypoint(
-        self,
-        name: str,
-        *,
-        concurrency_limit: int = 0,
-        accepts_context: bool | None = None,
-        on_failure: OnFailure = "delete",
-        executor_factory: ExecutorFactory | None = None,
-        serialized_dispatch: bool = False,
-        requests_per_second: float = float("inf"),
-        retry_timer: timedelta | float | None = None,
-        store_result: bool | None = None,
-        timeout: timedelta | float | None = options.ENTRYPOINT_TIMEOUT,
-        isolation: Isolation = options.ISOLATION,
-    ) -> Callable[[F], F]:
+    def entrypoint(self, name: str, **given: Unpack[EntrypointKeywords]) -> Callable[[F], F]:
         """Register a ``def`` or ``async def`` handler for jobs of ``name``.
 
+        Takes the keywords of :class:`~pgqueue_sync.worker.executors.EntrypointKeywords`.
         Example::
 
             @qm.entrypoint("send_email", concurrency_limit=4)
@@ -259,24 +247,27 @@ class QueueManager:
         thread at once (needs the ``process`` extra; see docs/timeouts.md). Raises
         :class:`ConfigurationError`.
         """
-        job_timeout = options.job_timeout(timeout)
-        where = options.isolation(isolation)
+        options.known_keywords("entrypoint()", given, EntrypointKeywords)
+        job_timeout = options.job_timeout(given.get("timeout", options.ENTRYPOINT_TIMEOUT))
+        where = options.isolation(given.get("isolation", options.ISOLATION))
 
         def register(func: F) -> F:
             options.check_entrypoint_name(name, self.entrypoint_registry)
-            limit = options.concurrency_limit(concurrency_limit, serialized_dispatch)
+            limit = options.concurrency_limit(given.get("concurrency_limit", 0),
+                                              given.get("serialized_dispatch", False))
             parameters = EntrypointExecutorParameters(
                 concurrency_limit=limit,
                 func=func,
-                accepts_context=_accepts(func, accepts_context),
-                on_failure=options.on_failure(on_failure),
+                accepts_context=_accepts(func, given.get("accepts_context")),
+                on_failure=options.on_failure(given.get("on_failure", "delete")),
             )
             if where == "process":
                 self._isolate(name, parameters)
-            executor = (executor_factory or EntrypointExecutor)(parameters)
-            stale = options.optional_duration("retry_timer", retry_timer)
-            self._register(name, executor, limit, requests_per_second, stale)
-            self.entrypoint_registry[name].store_result = store_result
+            executor = (given.get("executor_factory") or EntrypointExecutor)(parameters)
+            stale = options.optional_duration("retry_timer", given.get("retry_timer"))
+            rate = given.get("requests_per_second", float("inf"))
+            self._register(name, executor, limit, rate, stale)
+            self.entrypoint_registry[name].store_result = given.get("store_result")
             self.entrypoint_registry[name].timeout = job_timeout
             return func
 
@@ -326,30 +317,11 @@ class QueueManager:
 
     # -- run -------------------------------------------------------------------------------
 
-    def run(
-        self,
-        *,
-        dequeue_timeout: timedelta | float = options.DEQUEUE_TIMEOUT,
-        batch_size: int = options.BATCH_SIZE,
-        mode: QueueExecutionMode | str = QueueExecutionMode.continuous,
-        max_concurrent_tasks: int | None = None,
-        shutdown_on_listener_failure: bool = False,
-        heartbeat_timeout: timedelta | float = options.HEARTBEAT_TIMEOUT,
-        log_aggregation_interval: timedelta | float | None = options.LOG_AGGREGATION_INTERVAL,
-        concurrency: int | None = None,
-        shutdown_timeout: timedelta | float | None = None,
-        wait_for_database: timedelta | float = options.WAIT_FOR_DATABASE,
-        queue_upkeep: bool = options.QUEUE_UPKEEP,
-        listen_dsn: str | None = None,
-        poll_only: bool = False,
-        poll_interval: timedelta | float = options.POLL_INTERVAL,
-        keep_log: timedelta | float | None = options.KEEP_LOG,
-        keep_statistics: timedelta | float | None = options.KEEP_STATISTICS,
-        keep_results: timedelta | float | None = options.KEEP_RESULTS,
-    ) -> None:
+    def run(self, **given: Unpack[options.RunKeywords]) -> None:
         """Process jobs until :attr:`shutdown` is set (or, in drain mode, until idle).
 
-        Blocks the calling thread. Installs SIGINT/SIGTERM handlers only when
+        Takes the keywords of :class:`~pgqueue_sync.options.RunKeywords`. Blocks
+        the calling thread. Installs SIGINT/SIGTERM handlers only when
         called from the main thread: the first signal stops claiming and lets
         running jobs finish within ``shutdown_timeout`` (``None``: wait for
         them); jobs still running then, or at a second signal, are returned
@@ -385,26 +357,8 @@ class QueueManager:
         days) and stored results older than ``keep_results`` (7 days), in small
         batches; ``None`` keeps that table's rows forever. See docs/retention.md.
         """
-        opts = options.RunOptions.build(
-            dequeue_timeout=dequeue_timeout,
-            batch_size=batch_size,
-            mode=mode,
-            max_concurrent_tasks=max_concurrent_tasks,
-            shutdown_on_listener_failure=shutdown_on_listener_failure,
-            heartbeat_timeout=heartbeat_timeout,
-            log_aggregation_interval=log_aggregation_interval,
-            concurrency=concurrency,
-            shutdown_timeout=shutdown_timeout,
-            wait_for_database=wait_for_database,
-            queue_upkeep=queue_upkeep,
-            listen_dsn=listen_dsn,
-            poll_only=poll_only,
-            poll_interval=poll_interval,
-            keep_log=keep_log,
-            keep_statistics=keep_statistics,
-            keep_results=keep_results,
-        )
-        if opts.listen_dsn is not None and _in_process(self.queries.driver):
+        opts = options.RunOptions.build(**given)
+        if opts.listen_dsn is not None and in_process(self.queries.driver):
             raise ConfigurationError(
                 "listen_dsn has no use with the in-memory adapter (its notifications never "
                 "leave the process); drop it"
@@ -414,7 +368,7 @@ class QueueManager:
         require_autocommit(self.queries.driver, "worker")
         warn_if_pure_python()
         self._reset()
-        with _SignalHandlers(self._on_signal):
+        with self._stop_signals.installed():
             if not self._await_database(opts.wait_for_database):
                 return  # asked to stop while waiting
             self._run(opts)
@@ -433,7 +387,7 @@ class QueueManager:
             # instead of stopping at once with the new jobs left queued. A
             # shutdown set by a caller or a signal is left alone.
             self.shutdown.clear()
-        self._signals = 0
+        self._stop_signals.reset()
         self._next_stale_check = 0.0
         self._fatal = None
         self._listener_error = None
@@ -452,45 +406,27 @@ class QueueManager:
     def _await_database(self, patience: timedelta) -> bool:
         """Check the schema, retrying for up to ``patience`` while the database is
         unreachable. False if shutdown was requested meanwhile."""
-        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
-                          maximum=options.DATABASE_RETRY_MAX)
         deadline = time.monotonic() + patience.total_seconds()
-        while not self.shutdown.is_set():
-            try:
-                self.verify_structure()
-                return True
-            except DatabaseError as exc:
-                left = deadline - time.monotonic()
-                if not exc.transient or left <= 0:
-                    raise
-                delay = min(backoff.failure(), left)
-                logger.warning("database not reachable (%s); retrying in %.1fs, giving up in "
-                               "%.0fs", exc, delay, left)
-                self.shutdown.wait(delay)
-        return False
+
+        def hopeless(exc: DatabaseError) -> bool:
+            return not exc.transient or time.monotonic() >= deadline
+
+        def wait(delay: float) -> None:
+            self.shutdown.wait(min(delay, max(deadline - time.monotonic(), 0.0)))
+
+        def verified(_failed_before: bool) -> bool:
+            self.verify_structure()
+            return True
+
+        retry = DatabaseRetry("the worker's start (database not reachable)",
+                              stop=self.shutdown, log=logger, fatal=hopeless, wait=wait)
+        return retry.run(verified) is True
 
     def verify_structure(self) -> None:
         """Raise :class:`SchemaError` unless the tables, columns and indexes a 1.6 worker
         needs exist, and the results table when some entrypoint stores results."""
         stores = any(self._stores(reg) for reg in self.entrypoint_registry.values())
-        if _in_process(self.queries.driver):
-            if stores:
-                raise ConfigurationError(
-                    "the in-memory adapter cannot store job results; drop store_results"
-                )
-            return  # the in-memory adapter has no catalog to check
-        from ..schema import Schema
-
-        problems = Schema(self.queries.driver, self.queries.settings).verify("present")
-        if problems:
-            raise SchemaError(
-                "the queue schema is missing or outdated: " + "; ".join(problems)
-                + " (run 'pgq-sync install' or 'pgq-sync upgrade')"
-            )
-        if stores:
-            problem = missing_table_problem(self.queries.driver, self.queries.settings)
-            if problem:
-                raise SchemaError(problem)
+        verify_queue_schema(self.queries, results=stores)
 
     def _stores(self, reg: _Registration) -> bool:
         return self.store_results if reg.store_result is None else reg.store_result
@@ -553,7 +489,7 @@ class QueueManager:
             event.set()
 
     def _final_writes(self) -> None:
-        started = self._signals
+        started = self._stop_signals.count
         done = threading.Event()
 
         def write() -> None:
@@ -571,7 +507,7 @@ class QueueManager:
         writer.start()
         deadline = time.monotonic() + options.FINAL_WRITES_TIMEOUT
         while not done.wait(FINAL_WAIT_SLICE):
-            if self._signals > started:
+            if self._stop_signals.count > started:
                 # Another signal while the final writes run (e.g. blocked on a lock):
                 # leave now. Unwritten outcomes leave their jobs picked; they are
                 # re-run once their heartbeat is stale (at-least-once, nothing lost).
@@ -710,7 +646,7 @@ class QueueManager:
             logger.info("poll-only: no LISTEN; looking for jobs every %gs",
                         opts.poll_interval.total_seconds())
             return lambda: None
-        if _in_process(driver):
+        if in_process(driver):
             subscribe: Callable[[Callable[[str], None]], Callable[[], None]]
             subscribe = driver.add_listener  # type: ignore[attr-defined]
             self._listener_verified.set()  # an in-process fan-out cannot miss a notification
@@ -761,31 +697,24 @@ class QueueManager:
     # -- the dispatch loop -----------------------------------------------------------------
 
     def _dispatch_loop(self, opts: options.RunOptions) -> None:
-        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
-                          maximum=options.DATABASE_RETRY_MAX)
-        while not self._halt.is_set():
-            try:
-                self._dispatch_once(opts)
-            except DatabaseError as exc:
-                self._on_database_error(exc, opts, backoff)
-                continue
-            if backoff.success():
-                logger.warning("database reachable again; worker %s resumes",
-                               self.queue_manager_id)
+        retry = DatabaseRetry(
+            "the dispatcher", stop=self._halt, log=logger,
+            fatal=lambda exc: self._needs_a_fix(exc, opts), wait=self._wait_to_recover,
+            recovered=f"database reachable again; worker {self.queue_manager_id} resumes",
+        )
+        retry.run(lambda _failed_before: self._dispatch_once(opts))
 
-    def _on_database_error(
-        self, exc: DatabaseError, opts: options.RunOptions, backoff: Backoff
-    ) -> None:
-        """Back off after a database error, or re-raise one that waiting cannot fix."""
+    @staticmethod
+    def _needs_a_fix(exc: DatabaseError, opts: options.RunOptions) -> bool:
+        """True for a database error that stops the worker instead of a retry."""
         permanent_connection = isinstance(exc, ConnectionFailed) and not exc.transient
         # A misconfiguration found by the database (PoolerError: prepared statements
         # through PgBouncer) stops the worker with the fix instead of retrying forever.
-        if permanent_connection or isinstance(exc, ConfigurationError) or (
+        return permanent_connection or needs_a_fix(exc) or (
             not exc.transient and opts.mode is QueueExecutionMode.drain
-        ):
-            raise exc
-        delay = backoff.failure()
-        logger.warning("database error in the dispatcher (%s); retrying in %.1fs", exc, delay)
+        )
+
+    def _wait_to_recover(self, delay: float) -> None:
         # A listener reconnect (or a halt) ends the wait early.
         self._recovered.clear()
         self._recovered.wait(delay)
@@ -862,25 +791,22 @@ class QueueManager:
     def _extra_lane(self, opts: options.RunOptions) -> None:
         """An extra claimer, active only while a backlog exists, so claim round trips
         overlap; idle polling stays with the dispatcher."""
-        backoff = Backoff(initial=options.DATABASE_RETRY_INITIAL,
-                          maximum=options.DATABASE_RETRY_MAX)
-        while not self._halt.is_set():
-            if not self._backlog.wait(options.LANE_IDLE_WAIT):
-                continue
-            self._lane_wake.clear()
-            try:
-                if self._fill(opts) is None:
-                    self._lane_wake.wait(options.LANE_IDLE_WAIT)
-                backoff.success()
-            except DatabaseError as exc:
-                # The dispatcher reports database errors; a lane only steps back.
-                delay = backoff.failure()
-                logger.debug("claim lane: %s; backing off %.1fs", exc, delay)
-                self._halt.wait(delay)
-            except Exception:
-                logger.exception("claim lane failed; stopping the worker")
-                self._fatal = self._fatal or PgqException("a claim lane failed unexpectedly")
-                self._halt_all()
+        # The dispatcher reports database errors; a lane only steps back.
+        retry = DatabaseRetry("a claim lane", stop=self._halt, log=logger, level=logging.DEBUG,
+                              fatal=lambda _exc: False)
+        try:
+            retry.run(lambda _failed_before: self._lane_step(opts))
+        except Exception:
+            logger.exception("claim lane failed; stopping the worker")
+            self._fatal = self._fatal or PgqException("a claim lane failed unexpectedly")
+            self._halt_all()
+
+    def _lane_step(self, opts: options.RunOptions) -> None:
+        if not self._backlog.wait(options.LANE_IDLE_WAIT):
+            return
+        self._lane_wake.clear()
+        if self._fill(opts) is None:
+            self._lane_wake.wait(options.LANE_IDLE_WAIT)
 
     def _claim(self, opts: options.RunOptions, wanted: int, jobs: list[Job]) -> None:
         """Claim up to ``wanted`` jobs into ``jobs`` (which keeps what earlier steps
@@ -1467,15 +1393,14 @@ class QueueManager:
 
     # -- shutdown --------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int) -> None:
+    def _on_stop_signal(self, request: StopRequest) -> None:
         # Runs in the main thread between two bytecodes: only set events; the
         # main thread acts on them (never an exception raised into a database call).
-        self._signals += 1
-        if self.shutdown.is_set():
+        if request.at_once:
             self.shutdown_requested_twice = True
             self._stop_now.set()
             return
-        logger.info("received %s: finishing running jobs", signal.Signals(signum).name)
+        logger.info("received %s: finishing running jobs", request.name)
         self.shutdown.set()
         self._halt_all()
 
@@ -1567,11 +1492,6 @@ async def _traced(tracer: TracingProtocol, job: Job, coroutine: Awaitable[Any]) 
         return await coroutine
 
 
-def _in_process(driver: object) -> bool:
-    """True for the in-memory driver, which fans notifications out in-process."""
-    return hasattr(driver, "add_listener")
-
-
 def _set(event: threading.Event) -> None:
     # Event.set() takes a lock and notifies even when already set; skip that per job.
     if not event.is_set():
@@ -1608,24 +1528,3 @@ class _Lifecycle:
                 stop()
             except Exception:  # keep stopping the others
                 logger.exception("error while stopping %r", stop)
-
-
-class _SignalHandlers:
-    """Routes SIGINT/SIGTERM to a callback while active, on the main thread only."""
-
-    def __init__(self, callback: Callable[[int], None]) -> None:
-        self._callback = callback
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _SignalHandlers:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._callback(signum)
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)

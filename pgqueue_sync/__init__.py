@@ -38,13 +38,13 @@ from .models import (
 )
 from .queries import EntrypointExecutionParameter, Queries
 from .results import JobResult, Results
-from .scheduler.manager import (
+from .scheduler.executors import (
     AbstractScheduleExecutor,
     ScheduleExecutor,
     ScheduleExecutorFactoryParameters,
-    SchedulerManager,
     normalize_expression,
 )
+from .scheduler.manager import SchedulerManager
 from .settings import DBSettings, db_settings
 from .types import Durability, JobId, QueueExecutionMode
 from .worker.cancellation import CancellationToken, Context, JobCancelled, ScheduleContext

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import options
 from .drivers.base import Driver
 from .queries import Queries
-from .scheduler.manager import ScheduleKeywords, SchedulerManager
+from .scheduler.executors import ScheduleKeywords
+from .scheduler.manager import SchedulerManager
 from .settings import DBSettings
 from .signals import StopSignals
 from .tracing import TracingProtocol

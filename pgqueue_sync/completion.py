@@ -112,8 +112,6 @@ class CompletionWatcher:
         )
         self._thread.start()
 
-    # -- public API ------------------------------------------------------------------------
-
     def wait_for(self, job_id: int, timeout: timedelta | float | None) -> JOB_STATUS:
         """Block until ``job_id`` is final and return its status.
 
@@ -223,8 +221,6 @@ class CompletionWatcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- registration ----------------------------------------------------------------------
-
     def _watch(self, ids: Iterable[int]) -> dict[JobId, _Future[JOB_STATUS]]:
         futures: dict[JobId, _Future[JOB_STATUS]] = {}
         for raw in ids:
@@ -248,8 +244,6 @@ class CompletionWatcher:
     def _raise_if_closed(self) -> None:
         if self._closed.is_set():
             raise PgqException("the completion watcher is closed")
-
-    # -- the refresh thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         backoff = self.refresh_interval
@@ -280,8 +274,6 @@ class CompletionWatcher:
         for future, status in resolved:
             if future.set_running_or_notify_cancel():
                 future.set_result(status)
-
-    # -- connections -----------------------------------------------------------------------
 
     def _resolve(
         self, connection: object, settings: DBSettings | None

@@ -48,6 +48,7 @@ from .app import PgQueuer
 from .backoff import INITIAL_DELAY, Backoff
 from .errors import ConfigurationError
 from .options import duration
+from .recycling import Budget
 from .signals import StopRequest, StopSignals
 from .worker.manager import QueueManager
 
@@ -180,9 +181,6 @@ def describe_exit(code: int) -> str:
         return f"was killed by {signal.Signals(-code).name}"
     except ValueError:
         return f"was killed by signal {-code}"
-
-
-# -- the supervisor ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -351,61 +349,6 @@ class _Supervisor:
             logger.error("%s (pid %d) %s after %.1fs; restarting it in %.1fs", label, pid,
                          describe_exit(code), lived, delay)
             child.due = now + delay
-
-
-# -- the child --------------------------------------------------------------------------------
-
-
-class Budget:
-    """What a child may do before it is recycled; called by the worker after each job.
-
-    Returns the reason to stop once ``max_jobs`` jobs have finished or resident
-    memory passes ``max_memory_mb``; thread-safe (handlers finish concurrently).
-    """
-
-    def __init__(self, *, max_jobs: int | None, max_memory_mb: int | None) -> None:
-        self.max_jobs = max_jobs
-        self.max_memory_mb = max_memory_mb
-        self.finished = 0
-        self.reason: str | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def limited(self) -> bool:
-        return self.max_jobs is not None or self.max_memory_mb is not None
-
-    def __call__(self) -> str | None:
-        with self._lock:
-            self.finished += 1
-            if self.reason is None:
-                self.reason = self._spent()
-            return self.reason
-
-    def _spent(self) -> str | None:
-        if self.max_jobs is not None and self.finished >= self.max_jobs:
-            return f"ran {self.finished} jobs (max_jobs_per_child {self.max_jobs})"
-        if self.max_memory_mb is not None:
-            resident = resident_mb()
-            if resident is not None and resident > self.max_memory_mb:
-                return (f"uses {resident:.0f} MB of memory "
-                        f"(max_memory_per_child {self.max_memory_mb})")
-        return None
-
-
-def resident_mb() -> float | None:
-    """This process's resident memory in MB (Linux ``/proc``; else the peak; None if unknown)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def set_process_title(title: str, *, comm: str | None = None) -> None:

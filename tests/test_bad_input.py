@@ -14,7 +14,7 @@ import pytest
 
 from pgqueue_sync import ConfigurationError, Queries
 from pgqueue_sync.app import PgQueuer
-from pgqueue_sync.scheduler.manager import normalize_expression
+from pgqueue_sync.scheduler.executors import normalize_expression
 
 from .worker_helpers import make_pgq, pool_for
 

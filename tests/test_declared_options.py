@@ -10,7 +10,7 @@ import pytest
 from pgqueue_sync import PgQueuer
 from pgqueue_sync.errors import ConfigurationError
 from pgqueue_sync.options import RunKeywords, RunOptions
-from pgqueue_sync.scheduler.manager import ScheduleKeywords
+from pgqueue_sync.scheduler.executors import ScheduleKeywords
 from pgqueue_sync.worker.executors import EntrypointKeywords
 
 

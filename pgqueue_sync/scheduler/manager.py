@@ -11,26 +11,21 @@ one log line per step.
 
 from __future__ import annotations
 
-import abc
 import concurrent.futures
 import contextlib
 import dataclasses
-import functools
-import inspect
 import logging
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
-
-from croniter import CroniterBadDateError, croniter
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import options
 from ..backoff import DatabaseRetry
 from ..drivers.base import require_autocommit
 from ..errors import ConfigurationError, DatabaseError
-from ..models import Schedule, utc_now
+from ..models import Schedule
 from ..preflight import verify_queue_schema
 from ..queries import Queries
 from ..signals import StopRequest, StopSignals
@@ -38,6 +33,15 @@ from ..types import CronEntrypoint, CronExpression, ScheduleId
 from ..worker.aio import EventLoopThread
 from ..worker.cancellation import ScheduleContext
 from ..worker.threads import IDLE, JOIN_TIMEOUT, Idle, Ticker
+from .executors import (
+    AbstractScheduleExecutor,
+    ScheduleExecutor,
+    ScheduleExecutorFactoryParameters,
+    ScheduleKeywords,
+    normalize_expression,
+    reject_coroutine,
+    wants_context,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -55,107 +59,7 @@ POLL_LEEWAY = timedelta(seconds=1)
 WAIT_SLICE = 0.25
 
 F = TypeVar("F", bound=Callable[..., Any])
-ScheduleFunction = Callable[..., Any]
 ScheduleKey = tuple[CronEntrypoint, CronExpression]
-
-
-def normalize_expression(expression: str) -> CronExpression:
-    """The text PgQueuer stores for ``expression``: ``@hourly`` -> ``0 * * * *``.
-
-    Rows are unique per ``(expression, entrypoint)``, so this exact text is
-    what lets a PgQueuer scheduler and this one share a row. Raises
-    :class:`ConfigurationError` for anything croniter rejects.
-    """
-    if not isinstance(expression, str) or not croniter.is_valid(expression):
-        raise ConfigurationError(
-            f"invalid cron expression {expression!r}: use five fields (minute hour "
-            "day-of-month month day-of-week), six with seconds last ('* * * * * */10'), "
-            "or an alias such as '@hourly'"
-        )
-    cron = croniter(expression)
-    try:
-        cron.get_next(float)
-    except CroniterBadDateError:
-        raise ConfigurationError(
-            f"cron expression {expression!r} never fires (no such date, e.g. 31 February); "
-            "fix its day-of-month and month fields"
-        ) from None
-    return CronExpression(" ".join(cron.expressions))
-
-
-@dataclasses.dataclass
-class ScheduleExecutorFactoryParameters:
-    """What a schedule executor factory receives for one registration."""
-
-    entrypoint: CronEntrypoint
-    expression: CronExpression
-    func: ScheduleFunction
-    clean_old: bool
-    accepts_context: bool = False
-
-
-class AbstractScheduleExecutor(abc.ABC):
-    """Runs one schedule's function. Subclass it to change how the function is called.
-
-    ``execute`` may be a plain method (run in its own thread) or an ``async def``
-    (run on the scheduler's event-loop thread); override :attr:`is_async` if it
-    returns a coroutine without being a coroutine function.
-    """
-
-    def __init__(self, parameters: ScheduleExecutorFactoryParameters) -> None:
-        self.parameters = parameters
-
-    @property
-    def is_async(self) -> bool:
-        """True when ``execute`` returns a coroutine."""
-        return inspect.iscoroutinefunction(self.execute)
-
-    @abc.abstractmethod
-    def execute(self, schedule: Schedule, context: ScheduleContext) -> Any:
-        """Run the schedule once; an exception is logged and the schedule released."""
-
-    def get_next(self) -> datetime:
-        """The next fire time after now, in UTC (from this host's clock)."""
-        cron = croniter(self.parameters.expression, start_time=utc_now())
-        return datetime.fromtimestamp(cron.get_next(float), timezone.utc)
-
-    def next_in(self) -> timedelta:
-        """Time from now until :meth:`get_next`."""
-        return self.get_next() - utc_now()
-
-
-class ScheduleExecutor(AbstractScheduleExecutor):
-    """The default: call ``func(schedule)`` or ``func(schedule, context)``."""
-
-    def __init__(self, parameters: ScheduleExecutorFactoryParameters) -> None:
-        super().__init__(parameters)
-        self._func_is_async = _is_async_callable(parameters.func)
-
-    @property
-    def is_async(self) -> bool:
-        """True for ``async def`` functions."""
-        return self._func_is_async
-
-    def execute(self, schedule: Schedule, context: ScheduleContext) -> Any:
-        """Call the function; for async functions this returns its coroutine."""
-        if self.parameters.accepts_context:
-            return self.parameters.func(schedule, context)
-        return self.parameters.func(schedule)
-
-
-ScheduleExecutorFactory = Callable[[ScheduleExecutorFactoryParameters], AbstractScheduleExecutor]
-
-
-class ScheduleKeywords(TypedDict, total=False):
-    """The keywords of ``schedule()``, declared once for :meth:`SchedulerManager.schedule`
-    and :meth:`PgQueuer.schedule <pgqueue_sync.app.PgQueuer.schedule>`."""
-
-    #: Delete every existing row of the entrypoint when :meth:`SchedulerManager.run` starts.
-    clean_old: bool
-    #: Pass a ``ScheduleContext`` (None: when a parameter is annotated so).
-    accepts_context: bool | None
-    #: Builds the executor (default :class:`ScheduleExecutor`).
-    executor_factory: ScheduleExecutorFactory | None
 
 
 @dataclasses.dataclass(eq=False)
@@ -195,7 +99,6 @@ class SchedulerManager:
         self._stop_now = threading.Event()
         self._loop: EventLoopThread | None = None
 
-    # -- registration ----------------------------------------------------------------------
 
     def schedule(
         self, entrypoint: str, expression: str, **given: Unpack[ScheduleKeywords]
@@ -227,7 +130,7 @@ class SchedulerManager:
 
         def register(func: F) -> F:
             self._check_unique(key)
-            wants = _wants_context(func) if accepts_context is None else accepts_context
+            wants = wants_context(func) if accepts_context is None else accepts_context
             parameters = ScheduleExecutorFactoryParameters(
                 entrypoint=key[0],
                 expression=key[1],
@@ -253,7 +156,6 @@ class SchedulerManager:
         with self._lock:
             return set(self._running)  # abandoned runs have left it
 
-    # -- run -------------------------------------------------------------------------------
 
     def run(self, *, shutdown_timeout: timedelta | float | None = None) -> None:
         """Run due schedules until :attr:`shutdown` is set.
@@ -331,7 +233,6 @@ class SchedulerManager:
         soonest = min(executor.next_in() for executor in self.registry.values())
         return max((soonest + POLL_LEEWAY).total_seconds(), 0.0)
 
-    # -- running one schedule --------------------------------------------------------------
 
     def _dispatch(self, schedule: Schedule) -> None:
         executor = self.registry[(schedule.entrypoint, schedule.expression)]
@@ -356,7 +257,7 @@ class SchedulerManager:
             if executor.is_async:
                 self._await(executor.execute(schedule, context), run)
             else:
-                _reject_coroutine(executor.execute(schedule, context), schedule)
+                reject_coroutine(executor.execute(schedule, context), schedule)
         except concurrent.futures.CancelledError:
             logger.warning("schedule %d (%r) was cancelled at shutdown",
                            schedule.id, schedule.entrypoint)
@@ -413,7 +314,6 @@ class SchedulerManager:
         self.queries.update_schedule_heartbeat(ids)
         return None
 
-    # -- shutdown --------------------------------------------------------------------------
 
     def on_stop_signal(self, request: StopRequest) -> None:
         """What a stop signal does to a running scheduler (see :mod:`pgqueue_sync.signals`)."""
@@ -461,39 +361,3 @@ class SchedulerManager:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
-
-
-def _wants_context(func: Callable[..., Any]) -> bool:
-    """True when a positional parameter is annotated exactly as ``ScheduleContext``."""
-    try:
-        parameters = inspect.signature(func, eval_str=True).parameters
-    except (NameError, TypeError, ValueError):
-        try:
-            parameters = inspect.signature(func).parameters
-        except (TypeError, ValueError):
-            return False
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return any(
-        p.kind in positional
-        and (p.annotation is ScheduleContext or p.annotation == "ScheduleContext")
-        for p in parameters.values()
-    )
-
-
-def _is_async_callable(func: object) -> bool:
-    while isinstance(func, functools.partial):
-        func = func.func
-    if inspect.iscoroutinefunction(func):
-        return True
-    # An instance whose class defines ``async def __call__``.
-    call = inspect.getattr_static(type(func), "__call__", None)
-    return inspect.iscoroutinefunction(call)
-
-
-def _reject_coroutine(result: object, schedule: Schedule) -> None:
-    if inspect.iscoroutine(result):
-        result.close()
-        raise ConfigurationError(
-            f"schedule {schedule.entrypoint!r} returned a coroutine from a sync executor; "
-            "declare the function 'async def' or set is_async on the executor"
-        )

@@ -35,8 +35,6 @@ class UnknownEntrypointError(ConfigurationError):
         )
 
 
-# -- handlers -----------------------------------------------------------------------------
-
 
 class Handlers:
     """The declared entrypoints and Django Tasks queues, registered as the worker registers them.

@@ -174,8 +174,6 @@ class PgQueueSyncBackend(BaseTaskBackend):
         """The ``DATABASES`` alias jobs go to (``OPTIONS`` or ``PGQUEUE_SYNC``)."""
         return self.backend_options.database_alias or get_settings().database_alias
 
-    # -- enqueue ---------------------------------------------------------------------------
-
     def validate_task(self, task: Any) -> None:
         """Django's checks, plus the retry options of a :class:`PgQueueSyncTask`."""
         super().validate_task(task)
@@ -235,8 +233,6 @@ class PgQueueSyncBackend(BaseTaskBackend):
         return store.enqueue(record, run_after=run_after,
                              headers=_traced_headers(store, record))
 
-    # -- results ---------------------------------------------------------------------------
-
     def get_result(self, result_id: str) -> Any:
         """The task's current ``TaskResult``, read from the database (any process).
 
@@ -282,8 +278,6 @@ class PgQueueSyncBackend(BaseTaskBackend):
             store = _stores[queries] = TaskStore(queries.driver, queries.settings,
                                                  tracer=queries.tracer)
         return store
-
-    # -- checks ----------------------------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[Any]:
         """Configuration checks (no database access): the alias and the app."""

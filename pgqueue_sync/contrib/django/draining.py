@@ -26,8 +26,6 @@ logger = logging.getLogger(__name__)
 MAX_DRAIN_RUNS = 10_000
 
 
-# -- drain --------------------------------------------------------------------------------
-
 
 class DrainedJob(NamedTuple):
     """One run of :func:`drain`: the job, its entrypoint and how it ended.

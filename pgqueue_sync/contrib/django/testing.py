@@ -136,8 +136,6 @@ class _Recorded(Sequence[_T]):
         return f"{type(self).__name__}({self.snapshot()!r})"
 
 
-# -- capture ------------------------------------------------------------------------------
-
 
 @dataclasses.dataclass(frozen=True)
 class CapturedJob:
@@ -244,8 +242,6 @@ def capture_jobs() -> Iterator[CapturedJobs]:
     finally:
         remove_interceptor(interceptor)
 
-
-# -- eager --------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,8 +364,6 @@ def _synthetic_job(request: EnqueueRequest, i: int, worker_id: QueueManagerId) -
         headers=None if headers is None else dict(headers),
     )
 
-
-# -- TEST_MODE setting ---------------------------------------------------------------------
 
 _settings_lock = threading.Lock()
 _settings_modes: dict[str, CaptureInterceptor | EagerInterceptor] = {}

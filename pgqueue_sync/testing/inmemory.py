@@ -67,12 +67,18 @@ from ..models import (
     utc_now,
 )
 from ..options import HEARTBEAT_TIMEOUT
-from ..queries import (
+from ..queries.batch import check_conflict_mode, normalize_batch, trace_publish
+from ..queries.bulk import (
     BULK_BATCH_SIZE,
     BulkAction,
     BulkPlan,
     BulkResult,
     BulkRow,
+    bulk_scope,
+    walk_bulk,
+)
+from ..queries.cancellation import cancellation_payloads
+from ..queries.models import (
     EntrypointExecutionParameter,
     ErrorRecord,
     ExecuteAfter,
@@ -80,20 +86,16 @@ from ..queries import (
     JobOutcome,
     JobRetry,
     PollState,
-    _bulk_scope,
-    _check_conflict_mode,
-    _error_record,
-    _ids,
-    _limit_of,
-    _names,
-    _normalize_batch,
-    _outcome_params,
-    _schedule_params,
-    _stale_after_of,
-    _stale_timeouts,
-    _trace_publish,
-    cancellation_payloads,
-    walk_bulk,
+)
+from ..queries.values import (
+    entrypoint_names,
+    error_record,
+    int_ids,
+    limit_of,
+    outcome_params,
+    schedule_params,
+    stale_after_of,
+    stale_timeouts,
 )
 from ..settings import DBSettings, db_settings
 from ..sql.names import check_lengths
@@ -414,9 +416,9 @@ class InMemoryQueries:
         Ids are drawn for every input row, so skipped, merged or rejected rows
         leave gaps exactly as the database sequence does.
         """
-        rows = _normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
-        _trace_publish(self.tracer, rows)
-        _check_conflict_mode(on_conflict, rows["dedupe_key"])
+        rows = normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
+        trace_publish(self.tracer, rows)
+        check_conflict_mode(on_conflict, rows["dedupe_key"])
         with self._statement() as s:
             ids = [s.next_id("queue") for _ in rows["entrypoint"]]
             active = s.active_keys()
@@ -478,11 +480,11 @@ class InMemoryQueries:
             return []
         registered = {
             name: _Registered(
-                _limit_of(param), _coalesce(_stale_after_of(param), heartbeat_timeout)
+                limit_of(param), _coalesce(stale_after_of(param), heartbeat_timeout)
             )
             for name, param in entrypoints.items()
         }
-        finish = _outcome_params(completed, retries)
+        finish = outcome_params(completed, retries)
         budget = global_concurrency_limit or None
         with self._statement() as s:
             plan = _plan_claim(s, registered, batch_size, queue_manager_id, budget,
@@ -511,7 +513,7 @@ class InMemoryQueries:
         Storing ``results`` is not supported here (ConfigurationError).
         """
         _no_results(results)
-        params = _outcome_params(job_status, retries)
+        params = outcome_params(job_status, retries)
         if not params:
             return []
         with self._statement() as s:
@@ -561,7 +563,7 @@ class InMemoryQueries:
         Raises :class:`UniqueViolation` (nothing changed) if a held job's
         ``dedupe_key`` is meanwhile taken by an active job, as the index would.
         """
-        wanted = set(_ids(ids))
+        wanted = set(int_ids(ids))
         with self._statement() as s:
             held = (s.db.jobs[i] for i in sorted(wanted & s.db.jobs.keys()))
             rows = [r for r in held if r.status == "failed"]
@@ -588,7 +590,7 @@ class InMemoryQueries:
     def last_errors(self, ids: Iterable[int]) -> dict[JobId, ErrorRecord]:
         """The newest logged failure record of each job still in the queue; see
         :meth:`Queries.last_errors`."""
-        wanted = set(_ids(ids))
+        wanted = set(int_ids(ids))
         newest: dict[int, _LogRow] = {}
         with self._statement() as s:
             for entry in s.db.log_rows:
@@ -605,7 +607,7 @@ class InMemoryQueries:
                  "traceback": copy.deepcopy(e.traceback)}
                 for e in newest.values()
             ]
-        found = [e for e in map(_error_record, rows) if e is not None]
+        found = [e for e in map(error_record, rows) if e is not None]
         return {e.job_id: e for e in sorted(found, key=lambda e: e.job_id)}
 
     # -- bulk actions ------------------------------------------------------------------------
@@ -614,7 +616,7 @@ class InMemoryQueries:
         self, action: BulkAction, *, entrypoints: str | Sequence[str] | None = None
     ) -> BulkPlan:
         """Count the jobs a bulk action would change now; see :meth:`Queries.plan_bulk`."""
-        names = _bulk_scope(action, entrypoints)
+        names = bulk_scope(action, entrypoints)
         plan = BulkPlan(action, names, 0, None)
         with self._statement() as s:
             ids = [r.id for r in _bulk_rows(s, plan)]
@@ -645,7 +647,7 @@ class InMemoryQueries:
                 if not rows:
                     return []
                 ids = [r.id for r in rows]
-                done = set(_finish(s, _outcome_params((i, "canceled", None) for i in ids)))
+                done = set(_finish(s, outcome_params((i, "canceled", None) for i in ids)))
                 s.payloads.extend(cancellation_payloads(self.settings.channel, ids, s.now))
                 return [BulkRow(r.id, r.entrypoint, r.id in done) for r in rows]
 
@@ -661,10 +663,10 @@ class InMemoryQueries:
         Both happen in one atomic step; listeners get the table's ``delete``
         event, then the cancellation. Returns the ids that still existed.
         """
-        id_list = _ids(ids)
+        id_list = int_ids(ids)
         if not id_list:
             return []
-        outcomes = _outcome_params((i, "canceled", None) for i in id_list)
+        outcomes = outcome_params((i, "canceled", None) for i in id_list)
         with self._statement() as s:
             logged = _finish(s, outcomes)
             s.payloads.extend(cancellation_payloads(self.settings.channel, id_list, s.now))
@@ -692,7 +694,7 @@ class InMemoryQueries:
     ) -> None:
         """Set ``heartbeat = NOW()`` for the given job ids; with ``queue_manager_id``
         only for rows still picked by that worker."""
-        ids = set(_ids(job_ids))
+        ids = set(int_ids(job_ids))
         if not ids:
             return
         with self._statement() as s:
@@ -719,7 +721,7 @@ class InMemoryQueries:
 
     def job_status(self, ids: Iterable[int]) -> list[tuple[JobId, JOB_STATUS]]:
         """The latest logged status of each job that has one, by job id."""
-        wanted = set(_ids(ids))
+        wanted = set(int_ids(ids))
         latest: dict[int, _LogRow] = {}
         with self._statement() as s:
             for row in s.db.log_rows:
@@ -751,7 +753,7 @@ class InMemoryQueries:
     ) -> PollState:
         """Eligible work now? Delay to the next deferred job? Anything queued at all?
         When does the next picked job go stale?"""
-        names, stale = _stale_timeouts(entrypoints)
+        names, stale = stale_timeouts(entrypoints)
         timeouts = {
             n: heartbeat_timeout if t is None else t for n, t in zip(names, stale, strict=True)
         }
@@ -784,7 +786,7 @@ class InMemoryQueries:
                 s.db.jobs.clear()
                 s.table_changed("truncate")
                 return
-            names = set(_names(entrypoint))
+            names = set(entrypoint_names(entrypoint))
             for row in [r for r in s.db.jobs.values() if r.entrypoint in names]:
                 del s.db.jobs[row.id]
                 s.log(row, "deleted")
@@ -856,7 +858,7 @@ class InMemoryQueries:
         """Register ``(entrypoint, expression) -> delay until next run``; existing rows stay."""
         if not schedules:
             return
-        params = _schedule_params(schedules)
+        params = schedule_params(schedules)
         with self._statement() as s:
             taken = {(r.entrypoint, r.expression) for r in s.db.schedules.values()}
             given = zip(params["entrypoints"], params["expressions"], params["delays"], strict=True)
@@ -895,7 +897,7 @@ class InMemoryQueries:
 
     def update_schedule_heartbeat(self, ids: Iterable[ScheduleId | int]) -> None:
         """Refresh the heartbeat of running schedules."""
-        id_list = sorted(set(_ids(ids)))
+        id_list = sorted(set(int_ids(ids)))
         if not id_list:
             return
         with self._statement() as s:
@@ -911,7 +913,7 @@ class InMemoryQueries:
         self, ids: Iterable[ScheduleId | int] = (), entrypoints: Iterable[str] = ()
     ) -> None:
         """Delete schedules matching any of ``ids`` or ``entrypoints``."""
-        id_set, names = set(_ids(ids)), set(entrypoints)
+        id_set, names = set(int_ids(ids)), set(entrypoints)
         with self._statement() as s:
             s.db.schedules = {
                 i: r
@@ -1209,7 +1211,7 @@ def _eta(rows: Iterable[_JobRow], now: datetime) -> timedelta | None:
 
 
 def _schedules(s: _Statement, ids: Iterable[ScheduleId | int]) -> list[_ScheduleRow]:
-    return [s.db.schedules[i] for i in set(_ids(ids)) if i in s.db.schedules]
+    return [s.db.schedules[i] for i in set(int_ids(ids)) if i in s.db.schedules]
 
 
 def _schedule_due(row: _ScheduleRow, now: datetime) -> bool:
@@ -1221,7 +1223,7 @@ def _schedule_due(row: _ScheduleRow, now: datetime) -> bool:
 def _keeper(entrypoint: str | Sequence[str] | None) -> Callable[[str], bool]:
     if entrypoint is None:
         return lambda _name: False
-    names = set(_names(entrypoint))
+    names = set(entrypoint_names(entrypoint))
     return lambda name: name not in names
 
 

@@ -12,7 +12,7 @@ from .values import int_ids, schedule_params
 
 
 class ScheduleQueries(QueriesBase):
-    """The operations of :class:`~pgqueue_sync.scheduler.SchedulerManager`."""
+    """The operations of :class:`~pgqueue_sync.scheduler.manager.SchedulerManager`."""
 
     def insert_schedule(
         self, schedules: Mapping[tuple[CronEntrypoint | str, CronExpression | str], timedelta]

@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .drivers.base import Driver
 from .errors import ConfigurationError, SchemaNotInstalledError
@@ -30,9 +30,6 @@ from .settings import DBSettings, db_settings
 from .sql import ddl
 from .sql import results as results_sql
 from .types import JOB_STATUS, JobId
-
-if TYPE_CHECKING:
-    from .queries import Queries
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +120,18 @@ def _unstorable(job: Job, value: Any, why: str) -> StoredResult:
     return StoredResult(job, None, f"result not stored: {kind} is not JSON-serialisable ({why})")
 
 
+class QueriesLike(Protocol):
+    """What :class:`Results` takes from a :class:`~pgqueue_sync.queries.Queries`
+    passed in place of a driver: its driver and its settings. (A protocol, so that
+    this module, which the queries import, does not import them back.)"""
+
+    @property
+    def driver(self) -> Driver: ...
+
+    @property
+    def settings(self) -> DBSettings: ...
+
+
 class Results:
     """The results table of one set of :class:`DBSettings`, through a driver.
 
@@ -133,7 +142,9 @@ class Results:
     :class:`SchemaNotInstalledError` with the command that creates it.
     """
 
-    def __init__(self, connection: Driver | Queries, settings: DBSettings | None = None) -> None:
+    def __init__(
+        self, connection: Driver | QueriesLike, settings: DBSettings | None = None
+    ) -> None:
         driver = getattr(connection, "driver", None)
         if driver is not None and hasattr(connection, "job_status"):
             self.driver: Driver = driver
@@ -141,8 +152,6 @@ class Results:
         else:
             self.driver = connection  # type: ignore[assignment]
         self.settings = settings or db_settings()
-
-    # -- install ---------------------------------------------------------------------------
 
     def install(self) -> None:
         """Create the table and its index in one transaction (idempotent)."""
@@ -171,8 +180,6 @@ class Results:
         query, params = results_sql.exists(self.settings)
         return bool(self.driver.fetch(query, params)[0]["present"])
 
-    # -- reading ---------------------------------------------------------------------------
-
     def get_result(self, job_id: int) -> JobResult | None:
         """The stored outcome of ``job_id``; ``None`` if none was stored (yet).
 
@@ -190,8 +197,6 @@ class Results:
         except SchemaNotInstalledError as exc:
             raise self._not_installed() from exc
         return {JobId(r["job_id"]): JobResult.from_row(r) for r in rows}
-
-    # -- pruning ---------------------------------------------------------------------------
 
     def prune_results(
         self, older_than: timedelta | float, *, batch_size: int = PRUNE_BATCH_SIZE
@@ -225,8 +230,6 @@ class Results:
         return SchemaNotInstalledError(
             f"the results table {name!r} does not exist; {_INSTALL_HINT}"
         )
-
-    # -- offline scripts -------------------------------------------------------------------
 
     def install_sql(self) -> str:
         """The install as an SQL script."""

@@ -424,7 +424,7 @@ def test_every_privilege_is_needed(
 ) -> None:
     """With everything granted the probes pass; without one privilege, its probe fails
     on exactly that object."""
-    caplog.set_level(logging.ERROR, logger="pgqueue_sync.queries")
+    caplog.set_level(logging.ERROR, logger="pgqueue_sync.queries.outcomes")
     settings = DBSettings(db_schema=QUEUE_SCHEMA)
     role = roles.create(schema_dsn)
     kept = [p for p in WORKER_PRIVILEGES if p != dropped]

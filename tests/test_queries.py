@@ -430,9 +430,9 @@ def test_aggregation_counts_each_log_row_once(queries, connect, settings):
 def test_aggregation_folds_a_backlog_in_chunks_and_counts_each_row_once(
     queries, monkeypatch
 ):
-    from pgqueue_sync import queries as queries_module
+    from pgqueue_sync.queries import statistics as statistics_module
 
-    monkeypatch.setattr(queries_module, "AGGREGATE_CHUNK", 4)
+    monkeypatch.setattr(statistics_module, "AGGREGATE_CHUNK", 4)
     queries.enqueue(["a"] * 9 + ["b"] * 2, [None] * 11)  # 11 rows: chunks of 4, 4, 3
     queries.aggregate_logs()
     counts = {(s.entrypoint, s.status): s.count for s in queries.log_statistics(100)}
@@ -442,10 +442,10 @@ def test_aggregation_folds_a_backlog_in_chunks_and_counts_each_row_once(
 
 
 def test_one_aggregation_call_stops_after_its_chunk_budget(queries, monkeypatch, conn):
-    from pgqueue_sync import queries as queries_module
+    from pgqueue_sync.queries import statistics as statistics_module
 
-    monkeypatch.setattr(queries_module, "AGGREGATE_CHUNK", 2)
-    monkeypatch.setattr(queries_module, "AGGREGATE_MAX_CHUNKS", 2)
+    monkeypatch.setattr(statistics_module, "AGGREGATE_CHUNK", 2)
+    monkeypatch.setattr(statistics_module, "AGGREGATE_MAX_CHUNKS", 2)
     queries.enqueue(["a"] * 7, [None] * 7)
     queries.aggregate_logs()  # folds 2 x 2 rows; the rest waits for the next call
     left = conn.execute("SELECT count(*) FROM pgqueuer_log WHERE NOT aggregated").fetchone()

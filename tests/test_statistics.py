@@ -57,9 +57,9 @@ def test_concurrent_claims_outcomes_and_folds_count_every_row_once(
     """Four workers on one entrypoint (their rows land in the same per-second
     buckets) and a fold in small chunks running meanwhile: no statement fails,
     and after a last fold the statistics equal the log."""
-    from pgqueue_sync import queries as queries_module
+    from pgqueue_sync.queries import statistics as statistics_module
 
-    monkeypatch.setattr(queries_module, "AGGREGATE_CHUNK", 50)  # many short folds
+    monkeypatch.setattr(statistics_module, "AGGREGATE_CHUNK", 50)  # many short folds
     jobs_total = 2_000
     queries.enqueue(["a"] * jobs_total, [None] * jobs_total)
     errors: list[BaseException] = []

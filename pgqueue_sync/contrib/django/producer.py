@@ -156,9 +156,9 @@ def _request(
     entrypoint: Any, payload: Any, priority: Any, execute_after: Any, dedupe_key: Any,
     headers: Any, on_conflict: OnConflict, using: str | None,
 ) -> EnqueueRequest:
-    from ...queries import _normalize_batch
+    from ...queries.batch import normalize_batch
 
-    rows = _normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
+    rows = normalize_batch(entrypoint, payload, priority, execute_after, dedupe_key, headers)
     return EnqueueRequest(
         entrypoints=rows["entrypoint"],
         payloads=rows["payload"],

@@ -16,6 +16,7 @@ the queue table's text for ``pg_get_serial_sequence`` (see
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 from psycopg import sql
 
@@ -81,17 +82,19 @@ ORDER BY i.ord
 }
 
 
-def enqueue_template(on_conflict: str, *, then: str = "", result: str | None = None) -> str:
+def enqueue_template(
+    on_conflict: str, *, then: Sequence[str] = (), result: str | None = None
+) -> str:
     """The enqueue statement, tables in braces: insert the batch and log ``queued``
     for the rows really inserted.
 
-    ``then``: more CTEs for the same statement (each beginning with ``,``); they
-    may read ``written`` (``id``, ``entrypoint``, ``priority``, ``dedupe_key``,
-    ``fresh``). ``result``: the final query, by default the job ids in input order.
+    ``then``: more CTEs for the same statement (``name AS (...)``); they may read
+    ``written`` (``id``, ``entrypoint``, ``priority``, ``dedupe_key``, ``fresh``).
+    ``result``: the final query, by default the job ids in input order.
     """
     written = _WRITTEN_HEAD + _CONFLICT_CLAUSES[on_conflict] + _WRITTEN_TAIL
     final = _JOB_IDS[on_conflict == "raise"] if result is None else result
-    return _INPUT + written + _LOGGED + then + "\n" + final
+    return _INPUT + written + ",\n".join([_LOGGED, *then]) + "\n" + final
 
 
 class EnqueueStatements(StatementSet):
@@ -115,7 +118,7 @@ class EnqueueStatements(StatementSet):
         """
         return self._sql(enqueue_template(on_conflict))
 
-    def enqueue_then(self, then: str, result: str) -> sql.SQL:
+    def enqueue_then(self, then: Sequence[str], result: str) -> sql.SQL:
         """:meth:`enqueue` in ``"raise"`` mode, going on with the caller's own CTEs
         ``then`` and final query ``result`` (see :func:`enqueue_template`)."""
         return self._sql(enqueue_template("raise", then=then, result=result))

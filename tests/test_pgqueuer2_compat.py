@@ -194,7 +194,7 @@ def test_extra_indexes_are_named_at_debug_and_kept(
     """Any index we do not declare is tolerated; the 2.x one is recognised by name."""
     conn, schema = pgq2_db
     conn.execute("CREATE INDEX ops_own_entrypoint_idx ON pgqueuer (entrypoint)")
-    with caplog.at_level(logging.DEBUG, logger="pgqueue_sync.schema"):
+    with caplog.at_level(logging.DEBUG, logger="pgqueue_sync.schema.unmanaged"):
         assert schema.verify("present") == []
         assert schema.upgrade() == []
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]

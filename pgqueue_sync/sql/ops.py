@@ -18,7 +18,7 @@ import functools
 
 from psycopg import sql
 
-from .statements import StatementSet
+from .statement_set import StatementSet
 
 #: The tables ``prune`` may delete from. The queue and schedules tables are never among them.
 PRUNABLE_TABLES = ("log", "stats")

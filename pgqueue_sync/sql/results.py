@@ -20,7 +20,7 @@ from ..settings import DBSettings
 FINISHED_INDEX_SUFFIX = "finished_idx"
 
 # Written by the worker in the same statement as the outcome (see
-# statements.Statements.log_jobs): only jobs whose row the
+# outcomes.OutcomeStatements.log_jobs): only jobs whose row the
 # statement really deleted or held get a result row, so a job cancelled
 # meanwhile is not reported as successful. The error of a failed job comes
 # from its traceback record; ``note`` explains a value that could not be stored.

@@ -28,6 +28,8 @@ from psycopg.types.json import Jsonb
 
 from ...drivers.base import Driver
 from ...settings import DBSettings
+from ...sql.arrays import bytea_array, int_array, text_array
+from ...sql.statements import Statements
 from ...tracing import TracingProtocol
 from ...types import JobId
 
@@ -141,12 +143,14 @@ class TaskStore:
         self.driver = driver
         self.settings = settings
         self.tracer = tracer
+        statements = Statements(settings)
+        self._queue_table_text = statements.queue_table_text
+        self._enqueue = statements.enqueue_then([_DESCRIBE_TASK], _ENQUEUED_JOB)
         names = {
             "queue": settings.ident("queue_table"),
             "log": settings.ident("queue_table_log"),
             "results": settings.ident("results_table"),
         }
-        self._enqueue = sql.SQL(_ENQUEUE).format(**names)
         self._select = sql.SQL(_SELECT).format(**names)
 
     def enqueue(
@@ -164,11 +168,8 @@ class TaskStore:
         ``atomic()`` it joins it, outside it commits by itself.
         """
         params = {
-            "entrypoint": task_entrypoint(record.queue_name),
-            "priority": record.priority,
-            "at": run_after,
-            "payload": record.to_payload(),
-            "headers": Jsonb(dict(headers) if headers is not None else None),
+            **_one_job(record, run_after, headers),
+            "table": self._queue_table_text,
             "record": Jsonb({RECORD_KEY: record.to_json()}),
         }
         [row] = self.driver.fetch(self._enqueue, params)
@@ -182,25 +183,32 @@ class TaskStore:
         return _state(JobId(job_id), rows[0])
 
 
-# The queue row and its 'queued' log row as every enqueue writes them (the
-# trigger notifies the workers), plus the results row describing the task.
-_ENQUEUE = """
-WITH job AS (
-    INSERT INTO {queue} (priority, status, entrypoint, execute_after, payload, headers)
-    VALUES (%(priority)s, 'queued', %(entrypoint)s, COALESCE(%(at)s::timestamptz, NOW()),
-            %(payload)s, %(headers)s)
-    RETURNING id, entrypoint, priority, created
-),
-logged AS (
-    INSERT INTO {log} (job_id, status, entrypoint, priority)
-    SELECT id, 'queued', entrypoint, priority FROM job
-),
-described AS (
+# After the shared enqueue (the queue row and its 'queued' log row, as every
+# enqueue writes them; the trigger notifies the workers): the results row
+# describing the task. The job's ``created`` is its default, this NOW().
+_DESCRIBE_TASK = """described AS (
     INSERT INTO {results} (job_id, entrypoint, status, result, created, finished, attempts)
-    SELECT id, entrypoint, 'queued', %(record)s, NOW(), NOW(), 0 FROM job
-)
-SELECT id, extract(epoch FROM created) AS at FROM job
-"""
+    SELECT id, entrypoint, 'queued', %(record)s, NOW(), NOW(), 0 FROM written
+)"""
+
+_ENQUEUED_JOB = "SELECT id, extract(epoch FROM NOW()) AS at FROM written\n"
+
+
+def _one_job(
+    record: TaskRecord, run_after: datetime | None, headers: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """The shared enqueue's array parameters for the task's one job (no dedupe key)."""
+    return {
+        "priority": int_array([record.priority]),
+        "entrypoint": text_array([task_entrypoint(record.queue_name)]),
+        "delay": text_array(["0 seconds"]),
+        "at": text_array([None if run_after is None else run_after.isoformat()]),
+        "dedupe_key": text_array([None]),
+        "payload": bytea_array([record.to_payload()]),
+        # Without headers PgQueuer stores JSON null (not SQL NULL), as every enqueue does.
+        "headers": text_array(["null" if headers is None else json.dumps(dict(headers))]),
+    }
+
 
 _SELECT = """
 SELECT r.status AS result_status, r.result, r.finished,

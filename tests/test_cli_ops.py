@@ -568,14 +568,14 @@ def test_prefixed_objects_are_used_throughout(empty_dsn: str) -> None:
 
 
 def test_age_and_fit_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pgqueue_sync.cli import ops as cli_ops
+    from pgqueue_sync.cli import display
 
-    monkeypatch.setattr(cli_ops, "_width", lambda: 80)  # whatever terminal runs the tests
+    monkeypatch.setattr(display, "terminal_width", lambda: 80)  # whatever terminal runs the tests
 
-    assert [cli_ops._age(s) for s in (None, -3, 0, 59.9, 61, 3600 * 2 + 300, 86400 * 3 + 7200)
+    assert [display.age_text(s) for s in (None, -3, 0, 59.9, 61, 3600 * 2 + 300, 86400 * 3 + 7200)
             ] == ["-", "0s", "0s", "59s", "1m01s", "2h05m", "3d02h"]
     rows = [(1, "x" * 100, "short"), (22, "y", "z" * 50)]
-    text = cli_ops._fit_table(("id", "name", "note"), rows, flex=(1, 2))
+    text = display.fit_table(("id", "name", "note"), rows, flex=(1, 2))
     assert_fits(text)
     # 80 columns leave 74 for the two clipped columns: the widest shrinks first, to 37 each.
     assert body(text) == [["1", "x" * 36 + "…", "short"], ["22", "y", "z" * 36 + "…"]]

@@ -344,7 +344,7 @@ def test_run_options_default_and_disable() -> None:
 @pytest.fixture
 def captured_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr("pgqueue_sync.cli.group.launcher.run",
+    monkeypatch.setattr("pgqueue_sync.cli.worker.launcher.run",
                         lambda factory, args, **options: seen.update(options))
     yield seen
 

@@ -39,9 +39,9 @@ from ..sql.autovac import (
     table_names,
     vacuum_statement,
 )
+from .display import ago_text, fit_table
 from .formatting import to_json
-from .group import _fail, _state, cli, json_option
-from .ops import _ago, _fit_table
+from .group import cli, current_state, fail, json_option
 
 #: SQLSTATE of a statement cancelled by ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
@@ -81,7 +81,7 @@ takes does not conflict with their reads and writes.
 def autovac(dry_run: bool, reset: bool, show: bool, as_json: bool) -> None:
     """``pgq-sync autovac``; its help is :data:`_HELP`."""
     _check_flags(dry_run=dry_run, reset=reset, show=show, as_json=as_json)
-    state = _state()
+    state = current_state()
     settings = state.settings
     if dry_run:
         click.echo(script(settings, reset=reset), nl=False)
@@ -130,11 +130,11 @@ def _apply(driver: Driver, settings: DBSettings, *, reset: bool) -> int:
             for statement in statements:
                 tx.execute(statement)
     except PermissionDenied as exc:
-        _fail(_permission_problem(driver, settings, exc))
+        fail(_permission_problem(driver, settings, exc))
     except DatabaseError as exc:
         if exc.sqlstate != LOCK_NOT_AVAILABLE:
             raise
-        _fail(f"could not lock the queue tables within {LOCK_TIMEOUT_MS / 1000:g}s: another "
+        fail(f"could not lock the queue tables within {LOCK_TIMEOUT_MS / 1000:g}s: another "
               "session is running VACUUM, ANALYZE, CREATE INDEX or ALTER TABLE on one of them; "
               "nothing was changed, run it again when that finishes")
     return sum(len(t.parameters) for t in TUNINGS)
@@ -172,7 +172,7 @@ def _figures(driver: Driver, settings: DBSettings) -> list[tuple[str, dict[str, 
     rows = driver.fetch(TABLE_FIGURES, {"names": table_names(settings)})
     figures = list(zip(TABLE_FIELDS, rows, strict=True))
     if not figures[0][1]["found"]:
-        _fail(f'relation "{table_name(settings, "queue_table")}" does not exist; is the queue '
+        fail(f'relation "{table_name(settings, "queue_table")}" does not exist; is the queue '
               "schema installed? run 'pgq-sync install' (and check PGQUEUER_PREFIX / "
               "PGQUEUER_SCHEMA)")
     return figures
@@ -239,9 +239,9 @@ def _report(settings: DBSettings, figures: Sequence[tuple[str, Mapping[str, Any]
     plain = [table_name(settings, field) for field, row in figures
              if row["found"] and not row["reloptions"]]
     out = ["Dead rows (autovacuum vacuums a table once its dead rows pass 'vacuum at')",
-           _fit_table(headers, rows, flex=(0,)), "", "Storage parameters (pg_class.reloptions)"]
+           fit_table(headers, rows, flex=(0,)), "", "Storage parameters (pg_class.reloptions)"]
     if parameters:
-        out.append(_fit_table(("table", "parameter", "value"), parameters, flex=(0, 2)))
+        out.append(fit_table(("table", "parameter", "value"), parameters, flex=(0, 2)))
     if plain:
         names = ", ".join(plain[:-1]) + (" and " if len(plain) > 1 else "") + plain[-1]
         out.append(f"{names}: none (the server's settings apply)")
@@ -260,7 +260,7 @@ def _table_json(settings: DBSettings, field: str, row: Mapping[str, Any]) -> dic
 
 
 def _when(seconds: float | None) -> str:
-    return "never" if seconds is None else _ago(seconds)
+    return "never" if seconds is None else ago_text(seconds)
 
 
 def _size(size: int | None) -> str:

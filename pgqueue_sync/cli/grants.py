@@ -27,7 +27,7 @@ from ..sql.grants import (
     privileges,
     schemas,
 )
-from .group import _fail, _state, cli
+from .group import cli, current_state, fail
 
 _ROLE_EXISTS = sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(role)s) AS found")
 # The schema an unqualified name resolves to: the queue table's own, once it
@@ -67,12 +67,12 @@ def grants(part: str, role: str, dry_run: bool) -> None:
     and is case-sensitive. Run again after 'pgq-sync upgrade' created objects,
     and after 'pgq-sync results install'.
     """
-    state = _state()
+    state = current_state()
     settings = state.settings
     driver = state.driver
     chosen = cast(Part, part)
     if not _fetch_flag(driver, _ROLE_EXISTS, {"role": role}):
-        _fail(f"role {role!r} does not exist (names are case-sensitive): create it first, "
+        fail(f"role {role!r} does not exist (names are case-sensitive): create it first, "
               "e.g. CREATE ROLE name LOGIN")
     placement = _placement(driver, settings)
     with_results = chosen == "admin" or _fetch_flag(
@@ -117,7 +117,7 @@ def _require_schemas(driver: Driver, settings: DBSettings, placement: Placement)
     """The admin's grants are on schemas: each must exist already."""
     for name in schemas(privileges("admin"), settings, placement):
         if not _fetch_flag(driver, _SCHEMA_EXISTS, {"schema": name}):
-            _fail(f"schema {name!r} does not exist: create it owned by the admin role "
+            fail(f"schema {name!r} does not exist: create it owned by the admin role "
                   f"(CREATE SCHEMA {name} AUTHORIZATION role), then install with "
                   "--no-create-schema")
 

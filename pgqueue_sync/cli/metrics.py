@@ -9,7 +9,7 @@ import urllib.request
 import click
 
 from ..metrics import MetricsServer, collect_metrics
-from .group import UserError, _state, cli
+from .group import UserError, cli, current_state
 
 #: Seconds ``health`` waits for the worker's answer.
 HEALTH_REQUEST_TIMEOUT = 10.0
@@ -21,7 +21,7 @@ HEALTH_REQUEST_TIMEOUT = 10.0
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to serve on.")
 def metrics(port: int | None, host: str) -> None:
     """Queue metrics in the Prometheus text format (needs the 'metrics' extra)."""
-    queries = _state().queries
+    queries = current_state().queries
     if port is None:
         click.echo(collect_metrics(queries), nl=False)
         return

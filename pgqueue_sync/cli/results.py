@@ -16,19 +16,19 @@ import click
 
 from ..results import PRUNE_BATCH_SIZE, Results, install_script, uninstall_script
 from .formatting import parse_duration, table, to_json
-from .group import _state, cli, json_option
+from .group import cli, current_state, json_option
 
 #: ``show``: result and error columns are clipped to this many characters (``--json``: full).
 SHOW_WIDTH = 60
 
 
 def _results() -> Results:
-    state = _state()
+    state = current_state()
     return Results(state.driver, state.settings)
 
 
 def _name() -> str:
-    return _state().settings.qualified_text("results_table")
+    return current_state().settings.qualified_text("results_table")
 
 
 @cli.group()
@@ -44,7 +44,7 @@ def results() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the SQL instead of running it.")
 def install_results(dry_run: bool) -> None:
     """Create the results table (idempotent; also on an existing install)."""
-    state = _state()
+    state = current_state()
     if dry_run:
         click.echo(install_script(state.settings))
         return
@@ -57,7 +57,7 @@ def install_results(dry_run: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def uninstall_results(dry_run: bool, yes: bool) -> None:
     """Drop the results table and every stored result."""
-    state = _state()
+    state = current_state()
     if dry_run:
         click.echo(uninstall_script(state.settings))
         return

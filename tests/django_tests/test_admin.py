@@ -19,18 +19,17 @@ from django.utils import timezone as dj_timezone
 
 from pgqueue_sync import DBSettings, Queries
 from pgqueue_sync.contrib.django import enqueue, get_queries
-from pgqueue_sync.contrib.django.admin import (
-    QUEUE_TABLE_STATUSES,
-    RESULTS_TABLE_STATUSES,
-    QueueJobAdmin,
-    _name,
+from pgqueue_sync.contrib.django.admin import QueueJobAdmin
+from pgqueue_sync.contrib.django.admin_display import (
     cut_text,
     error_text,
     json_text,
+    name_html,
     payload_text,
     time_text,
     traceback_text,
 )
+from pgqueue_sync.contrib.django.admin_filters import QUEUE_TABLE_STATUSES, RESULTS_TABLE_STATUSES
 from pgqueue_sync.contrib.django.conf import get_settings
 from pgqueue_sync.contrib.django.db import DjangoDriver
 from pgqueue_sync.contrib.django.installer import ensure_schema
@@ -255,9 +254,9 @@ def test_rendering_helpers_are_bounded_and_escaped() -> None:
         assert time_text(moment) == "2024-05-06 09:08:09"
     assert time_text(moment.replace(tzinfo=None)) == "2024-05-06 07:08:09"
     assert time_text(None) == "-"
-    name = str(_name("<a>.b_c:d"))
+    name = str(name_html("<a>.b_c:d"))
     assert name == '<span class="pgqs-name">&lt;a&gt;.<wbr>b_<wbr>c:<wbr>d</span>'
-    assert str(_name("x" * 20)).count("<wbr>") == 1  # a long run breaks too
+    assert str(name_html("x" * 20)).count("<wbr>") == 1  # a long run breaks too
 
 
 def test_log_list_shows_errors_seconds_and_job_links(admin_client: Any) -> None:

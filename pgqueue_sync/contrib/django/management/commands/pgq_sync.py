@@ -28,7 +28,8 @@ import click
 from click.core import ParameterSource
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from .....cli.group import PROCESS_OPTIONS, FactoryFailed, cli
+from .....cli.group import FactoryFailed, cli
+from .....cli.worker import PROCESS_OPTIONS
 from ...conf import SETTING, get_settings
 from ...db import worker_conninfo
 from ...errors import DjangoConfigurationError

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -100,6 +101,29 @@ def duration(name: str, value: timedelta | float | int) -> timedelta:
             "is the unit right? (seconds, or a timedelta)"
         )
     return result
+
+
+#: A duration as text (``--delay 5m``, ``PGQUEUE_SYNC_KEEP_LOG=7d``, Django settings).
+_DURATION_TEXT = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, *, option: str) -> timedelta:
+    """``"90"``, ``"1.5s"``, ``"10m"``, ``"2h"``, ``"1d"`` or ``"250ms"`` as a timedelta."""
+    match = _DURATION_TEXT.match(text)
+    if not match:
+        raise ConfigurationError(
+            f"{option} must be seconds or a number ending in ms/s/m/h/d (e.g. 30s, 5m), "
+            f"got {text!r}"
+        )
+    seconds = float(match.group("value")) * _UNIT_SECONDS[match.group("unit") or "s"]
+    try:
+        return duration(option, seconds)  # finite, and within what an interval holds
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"{option} {text.strip()!r} is too long: at most {MAX_DURATION.days} days; "
+            "is the unit right?"
+        ) from None
 
 
 #: Longest entrypoint name and dedupe key, in UTF-8 bytes: well inside what one

@@ -5,35 +5,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..options import MAX_DURATION, duration
-
-_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str, *, option: str) -> timedelta:
-    """``"90"``, ``"1.5s"``, ``"10m"``, ``"2h"``, ``"1d"`` or ``"250ms"`` as a timedelta."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigurationError(
-            f"{option} must be seconds or a number ending in ms/s/m/h/d (e.g. 30s, 5m), "
-            f"got {text!r}"
-        )
-    seconds = float(match.group("value")) * _UNIT_SECONDS[match.group("unit") or "s"]
-    try:
-        return duration(option, seconds)  # finite, and within what an interval holds
-    except ConfigurationError:
-        raise ConfigurationError(
-            f"{option} {text.strip()!r} is too long: at most {MAX_DURATION.days} days; "
-            "is the unit right?"
-        ) from None
 
 
 def parse_headers(text: str | None) -> dict[str, Any] | None:

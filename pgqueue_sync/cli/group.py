@@ -24,11 +24,12 @@ from .._version import __version__
 from ..drivers import SyncPsycopgDriver, connect
 from ..errors import ConfigurationError, FactoryError, PgqException
 from ..ops import OpsQueries
+from ..options import parse_duration
 from ..queries import Queries
 from ..schema import Schema
 from ..settings import DBSettings
 from .dsn import LIBPQ_DEFAULTS, ResolvedDSN, resolve_dsn
-from .formatting import parse_duration, user_traceback
+from .formatting import user_traceback
 
 logger = logging.getLogger(__name__)
 

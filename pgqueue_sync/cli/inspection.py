@@ -14,10 +14,10 @@ from typing import Any, TypeVar, cast
 import click
 
 from ..ops import Backlog, LiveWorker, LogEntry, StaleJob
-from ..options import HEARTBEAT_TIMEOUT
+from ..options import HEARTBEAT_TIMEOUT, parse_duration
 from ..types import JOB_STATUS, JOB_STATUSES
 from .display import age_text, ago_text, fit_table, plain, short_id, terminal_width, timestamp_text
-from .formatting import parse_duration, to_json
+from .formatting import to_json
 from .group import cli, current_state, json_option
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -10,9 +10,10 @@ from typing import Any, cast
 import click
 
 from ..errors import DuplicateJobError
+from ..options import parse_duration
 from ..queries import BULK_BATCH_SIZE, BulkPlan, BulkResult, ErrorRecord
 from .display import fit_table
-from .formatting import parse_duration, parse_headers, table, to_json
+from .formatting import parse_headers, table, to_json
 from .group import UsageProblem, cli, current_state, fail, json_option
 
 #: ``requeue``/``cancel`` with --all/--entrypoint list the ids up to this many jobs;

@@ -7,8 +7,8 @@ import sys
 import click
 
 from ..ops import DEFAULT_PRUNE_BATCH_SIZE, OpsQueries, PrunableTable, PrunePlan
+from ..options import parse_duration
 from .display import timestamp_text
-from .formatting import parse_duration
 from .group import UsageProblem, cli, current_state
 
 

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import click
 
+from ..options import parse_duration
 from ..results import PRUNE_BATCH_SIZE, Results, install_script, uninstall_script
-from .formatting import parse_duration, table, to_json
+from .formatting import table, to_json
 from .group import cli, current_state, json_option
 
 #: ``show``: result and error columns are clipped to this many characters (``--json``: full).

@@ -13,9 +13,15 @@ import click
 from .. import launcher
 from .. import processes as process_group
 from ..errors import ConfigurationError
-from ..options import KEEP_LOG, KEEP_RESULTS, KEEP_STATISTICS, MIN_RETENTION, POLL_INTERVAL
+from ..options import (
+    KEEP_LOG,
+    KEEP_RESULTS,
+    KEEP_STATISTICS,
+    MIN_RETENTION,
+    POLL_INTERVAL,
+    parse_duration,
+)
 from ..types import QueueExecutionMode
-from .formatting import parse_duration
 from .group import (
     LOG_LEVELS,
     Seconds,

@@ -24,9 +24,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from ...cli.formatting import parse_duration
 from ...errors import ConfigurationError
-from ...options import duration, retention
+from ...options import duration, parse_duration, retention
 from ...settings import DBSettings
 from ...sql.names import check_lengths
 from .errors import DjangoConfigurationError

@@ -27,8 +27,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ...drivers.base import Driver
+from ...queries.batch import enqueue_params, normalize_batch
 from ...settings import DBSettings
-from ...sql.arrays import bytea_array, int_array, text_array
 from ...sql.statements import Statements
 from ...tracing import TracingProtocol
 from ...types import JobId
@@ -197,17 +197,11 @@ _ENQUEUED_JOB = "SELECT id, extract(epoch FROM NOW()) AS at FROM written\n"
 def _one_job(
     record: TaskRecord, run_after: datetime | None, headers: Mapping[str, Any] | None
 ) -> dict[str, str]:
-    """The shared enqueue's array parameters for the task's one job (no dedupe key)."""
-    return {
-        "priority": int_array([record.priority]),
-        "entrypoint": text_array([task_entrypoint(record.queue_name)]),
-        "delay": text_array(["0 seconds"]),
-        "at": text_array([None if run_after is None else run_after.isoformat()]),
-        "dedupe_key": text_array([None]),
-        "payload": bytea_array([record.to_payload()]),
-        # Without headers PgQueuer stores JSON null (not SQL NULL), as every enqueue does.
-        "headers": text_array(["null" if headers is None else json.dumps(dict(headers))]),
-    }
+    """The shared enqueue's array parameters for the task's one job (no dedupe key),
+    checked and rendered as every enqueue's are."""
+    columns = normalize_batch(task_entrypoint(record.queue_name), record.to_payload(),
+                              record.priority, run_after, None, headers)
+    return enqueue_params(columns)
 
 
 _SELECT = """

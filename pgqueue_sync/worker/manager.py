@@ -22,10 +22,7 @@ folds logs into statistics; ``-pruner`` keeps the log, statistics and results
 within their retention windows; ``-event-loop`` runs coroutines when an async
 handler is registered.
 
-Where the rest lives: :mod:`.registry` (what ``entrypoint()`` keeps),
-:mod:`.claiming` (the dequeue loop), :mod:`.dispatch` (running one job, its
-timeout), :mod:`.outcomes` (recording it, handing jobs back), :mod:`.events`
-(the listener and its health), :mod:`.held` and :mod:`.state` (what they share).
+The parts it builds for each run are listed in :mod:`pgqueue_sync.worker`.
 """
 
 from __future__ import annotations

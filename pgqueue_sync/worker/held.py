@@ -109,7 +109,7 @@ class HeldJobs:
                 self.claimed[job.id] = Held(job, job.updated, time.monotonic(),
                                             self.beat_period[job.entrypoint])
                 return Admission.NEW
-        if late:  # claimed by a lane that outlived the shutdown wait
+        if late:
             return Admission.LATE
         return Admission.RERUN if rerun else Admission.REUSED
 

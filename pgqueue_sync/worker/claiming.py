@@ -35,7 +35,7 @@ Claims = dict[str, EntrypointExecutionParameter]
 
 
 class Fill(enum.Enum):
-    """How a round of claims (:meth:`Claimer.fill`) ended."""
+    """How a round of claims (:meth:`Claimer._fill`) ended."""
 
     #: No room for another job: wait for a slot to free up.
     CAPACITY_FULL = "capacity full"
@@ -165,7 +165,7 @@ class Claimer:
         """Claim what fits, then wait for a wake-up or the poll interval."""
         opts = self._opts
         self._wake.clear()
-        if self.fill() is Fill.CAPACITY_FULL:  # wait for a slot to free up
+        if self._fill() is Fill.CAPACITY_FULL:  # wait for a slot to free up
             self._wake.wait(opts.dequeue_timeout.total_seconds())
             return
         self._check_writes()
@@ -195,7 +195,7 @@ class Claimer:
         ):
             raise error
 
-    def fill(self) -> Fill:
+    def _fill(self) -> Fill:
         """Claim and start jobs while there is room."""
         while not self._halt.is_set():
             wanted = self._capacity.reserve()
@@ -232,7 +232,7 @@ class Claimer:
         if not self._control.backlog.wait(options.LANE_IDLE_WAIT):
             return
         self._control.lane_wake.clear()
-        if self.fill() is Fill.CAPACITY_FULL:
+        if self._fill() is Fill.CAPACITY_FULL:
             self._control.lane_wake.wait(options.LANE_IDLE_WAIT)
 
     def _claim(self, wanted: int, jobs: list[Job]) -> None:

@@ -322,8 +322,8 @@ def aggregate_soon(pgq: PgQueuer) -> None:
     """As if a job had been dispatched since the last aggregation: the aggregator
     writes at its next tick (it writes only after dispatches, and none can happen
     while the database is broken)."""
-    assert hasattr(pgq.qm, "_dispatched_since_aggregation")
-    pgq.qm._dispatched_since_aggregation = True
+    assert hasattr(pgq.qm._progress, "dispatched_since_aggregation")
+    pgq.qm._progress.dispatched_since_aggregation = True
 
 
 def count_beats(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:

@@ -288,7 +288,7 @@ def test_a_deaf_listener_warns_once_however_often_its_probe_fails(
         pgq = PgQueuer.from_psycopg_pool(pool, settings=DBSettings())
         pgq.entrypoint("ping")(lambda job: done.set())
         with running(pgq, dequeue_timeout=60, poll_interval=0.2, log_aggregation_interval=0):
-            wait_for(lambda: pgq.qm._listener_failures >= 5, timeout=20,
+            wait_for(lambda: pgq.qm._listening.failures >= 5, timeout=20,
                      what="five failed probes")
             pgq.queries.enqueue("ping", None)
             assert done.wait(5), "the worker did not poll"

@@ -259,7 +259,7 @@ def test_an_outcome_whose_reply_was_lost_is_recorded_once(
         assert lost.wait(10), "the outcome statement never ran"
         wait_for(lambda: log_of(conn, job_id)[-1:] == [final], timeout=20)
         # Give a duplicate write every chance to land before looking.
-        wait_for(lambda: pgq.qm._buffer is not None and pgq.qm._buffer.pending() == 0)
+        wait_for(lambda: pgq.qm._recorder is not None and pgq.qm._recorder.buffer.pending() == 0)
     expected = {
         "hold": ["queued", "picked", "failed"],
         "retry": ["queued", "picked", "queued", "picked", "successful"],
@@ -383,7 +383,7 @@ def test_a_listener_that_fails_its_health_probe_is_reconnected(
         pgq.entrypoint("ping")(lambda job: seen.set())
         with running(pgq, **SLOW_POLL):
             wait_for(lambda: pgq.qm.listener_healthy(1.0))
-            listener = pgq.qm._listener
+            listener = pgq.qm._listening.listener
             assert listener is not None
             hearing = listener._dispatch
             reconnect = listener.reconnect

@@ -94,7 +94,7 @@ def test_hung_def_handler_is_recorded_once_and_its_late_return_ignored(
                 "builtins.TimeoutError"
             # The row is no longer the worker's: heartbeats stop once it is written.
             assert queries.queue_size() == []
-            wait_for(lambda: job_id not in pgq.qm._claimed, what="heartbeats stopped")
+            wait_for(lambda: job_id not in pgq.qm._held.claimed, what="heartbeats stopped")
             assert pgq.qm._capacity is not None and pgq.qm._capacity.lost() == 1
             [warning] = warnings_matching(caplog, "ran past its timeout")
             assert f"job {job_id}" in warning and "'hang'" in warning and "0.4s" in warning

@@ -210,7 +210,7 @@ def _not_a_held_failure(record: logging.LogRecord) -> bool:
     hundred), so a worker's log shows what matters."""
     args = record.args if isinstance(record.args, tuple) else ()
     return not (
-        record.name == "pgqueue_sync.worker.manager" and len(args) == 2 and args[1] == "held"
+        record.name == "pgqueue_sync.worker.outcomes" and len(args) == 2 and args[1] == "held"
     )
 
 

@@ -64,7 +64,7 @@ class Handlers:
             raise UnknownEntrypointError(name, self.names)
 
     def claim_parameters(self, names: Iterable[str]) -> dict[str, EntrypointExecutionParameter]:
-        return {name: self._registry[name].claim for name in names}
+        return {name: self._registry[name].claim_parameters for name in names}
 
     def run(self, job: Job) -> Any:
         """Run one job in this thread; raises what the handler raises."""

@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..errors import PgqException
 
@@ -34,6 +34,34 @@ class EscapedBaseException(Exception):  # noqa: N818 - it wraps, it is not an er
     def __init__(self, original: BaseException) -> None:
         super().__init__(f"{type(original).__name__} raised in a coroutine")
         self.original = original
+
+
+class TaskEnd(NamedTuple):
+    """How a task spawned on the loop ended, so code off this module need not read
+    ``asyncio.Task`` itself: cancelled, or its error (unwrapped from
+    :class:`EscapedBaseException`), or its value."""
+
+    cancelled: bool
+    error: BaseException | None
+    value: Any
+
+    @property
+    def raised(self) -> BaseException | None:
+        """What the task raised, a cancellation as :class:`asyncio.CancelledError`."""
+        return asyncio.CancelledError() if self.cancelled else self.error
+
+
+def task_end(task: asyncio.Task[Any]) -> TaskEnd:
+    """Read how ``task`` (done) ended; a failure to read it is its error."""
+    try:
+        if task.cancelled():
+            return TaskEnd(True, None, None)
+        error = task.exception()
+        if isinstance(error, EscapedBaseException):
+            error = error.original
+        return TaskEnd(False, error, None if error is not None else task.result())
+    except BaseException as exc:
+        return TaskEnd(False, exc, None)
 
 
 class EventLoopThread:
@@ -104,9 +132,10 @@ class EventLoopThread:
     def spawn(
         self,
         coro: Coroutine[Any, Any, T],
-        on_done: Callable[[asyncio.Task[T]], object],
+        on_done: Callable[[TaskEnd], object],
     ) -> Callable[[], None]:
-        """Start ``coro`` as a task on the loop; ``on_done(task)`` runs on the loop thread.
+        """Start ``coro`` as a task on the loop; ``on_done`` gets how it ended
+        (:class:`TaskEnd`), on the loop thread.
 
         Cheaper than :meth:`submit` (no ``concurrent.futures.Future`` and no
         future chaining: one hand-over to the loop). Returns a thread-safe
@@ -117,7 +146,7 @@ class EventLoopThread:
 
         def start() -> None:
             task = loop.create_task(_contained(coro))
-            task.add_done_callback(on_done)
+            task.add_done_callback(lambda ended: on_done(task_end(ended)))
             tasks.append(task)
 
         def cancel_on_loop() -> None:

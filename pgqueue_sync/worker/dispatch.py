@@ -11,7 +11,6 @@ only frees its slot.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import logging
@@ -23,7 +22,7 @@ from typing import Any
 from .. import options
 from ..models import Job
 from ..tracing import TracingProtocol, get_tracer, is_active, process_span
-from .aio import EscapedBaseException, EventLoopThread
+from .aio import EventLoopThread, TaskEnd
 from .cancellation import CancellationToken, Context
 from .capacity import Capacity
 from .held import Admission, HeldJobs
@@ -178,13 +177,12 @@ class JobRunner:
         started = time.monotonic()
         run = self._arm(job, context, reg)
 
-        def done(task: asyncio.Task[Any]) -> None:  # on the event-loop thread
+        def done(ended: TaskEnd) -> None:  # on the event-loop thread
             if self._settle(run):
-                self._finish_async(job, context, reg, task, time.monotonic() - started)
+                self._finish_async(job, context, reg, ended, time.monotonic() - started)
                 return
             try:  # past its timeout: that outcome is recorded already
-                late = asyncio.CancelledError() if task.cancelled() else task.exception()
-                self._returned_late(run, late)
+                self._returned_late(run, ended.raised)
             finally:
                 self._async_done()
 
@@ -203,30 +201,13 @@ class JobRunner:
         context.cancellation.add_callback(cancel)
 
     def _finish_async(
-        self,
-        job: Job,
-        context: Context,
-        reg: Registration,
-        task: asyncio.Task[Any],
-        seconds: float,
+        self, job: Job, context: Context, reg: Registration, ended: TaskEnd, seconds: float
     ) -> None:
-        error: BaseException | None = None
-        cancelled = False
-        value = None
         try:
-            cancelled = task.cancelled()
-            error = None if cancelled else task.exception()
-            if isinstance(error, EscapedBaseException):
-                error = error.original
-            value = None if cancelled or error is not None else task.result()
-        except BaseException as exc:
-            error = exc
+            self._recorder.finish(job, context, reg, ended.error, cancelled=ended.cancelled,
+                                  seconds=seconds, value=ended.value)
         finally:
-            try:
-                self._recorder.finish(job, context, reg, error, cancelled=cancelled,
-                                      seconds=seconds, value=value)
-            finally:
-                self._async_done()
+            self._async_done()
 
     def _arm(
         self, job: Job, context: Context, reg: Registration, thread_id: int | None = None

@@ -55,8 +55,7 @@ from .._version import __version__
 from ..errors import ConfigurationError
 from ..settings import DBSettings
 
-# -- the queue table --------------------------------------------------------------------------
-
+# The queue table's settings.
 #: Vacuum once dead rows pass 1 % of the live ones (plus the threshold below), not 20 %:
 #: on a 1,000,000-job backlog that is 11,000 dead rows instead of 200,050 for every
 #: claim to step over. Still proportional, so a huge backlog is not rescanned (a pass
@@ -86,8 +85,7 @@ QUEUE_VACUUM_COST_LIMIT = 2_000
 #: so a vacuum of an unusually large backlog cannot saturate the disk.
 QUEUE_VACUUM_COST_DELAY = 2
 
-# -- the log table ----------------------------------------------------------------------------
-
+# The log table's settings.
 #: Vacuum once dead rows pass 5 % of the live ones, not 20 %: each log row leaves
 #: one dead version when it is aggregated, so the default lets the heap grow by a
 #: fifth before any space is reused, and lets the ``not_aggregated`` index, which

@@ -6,10 +6,15 @@ import gc
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
-from .helpers import truncate_queue_tables
+from pgqueue_sync.contrib.django.conf import get_settings
+
+from .helpers import truncate_queue_tables, worker_connect
 
 THREAD_EXIT_TIMEOUT = 10.0
 
@@ -43,3 +48,15 @@ def committed() -> Iterator[None]:
         yield
     finally:
         truncate_queue_tables()
+
+
+@pytest.fixture
+def listener() -> Iterator[psycopg.Connection[Any]]:
+    """A connection LISTENing on the queue's channel (the worker's settings)."""
+    conn = worker_connect()
+    try:
+        channel = sql.Identifier(get_settings().db_settings.channel)
+        conn.execute(sql.SQL("LISTEN {}").format(channel))
+        yield conn
+    finally:
+        conn.close()

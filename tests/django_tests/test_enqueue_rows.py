@@ -9,7 +9,6 @@ row and the trigger's notification must match what :func:`enqueue` (that is,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,6 @@ from psycopg import sql
 from pgqueue_sync.contrib.django import DjangoDriver, enqueue
 from pgqueue_sync.contrib.django.conf import get_settings
 
-from .helpers import worker_connect
 from .shop import tasks
 
 
@@ -77,16 +75,6 @@ def test_a_task_job_and_its_log_row_are_those_of_any_enqueue(deferred: bool) -> 
     assert row["headers"] is None and not row["headers_absent"]  # JSON null, as PgQueuer
     assert [entry["status"] for entry in task_log] == ["queued"]
 
-
-@pytest.fixture
-def listener() -> Iterator[psycopg.Connection[Any]]:
-    conn = worker_connect()
-    try:
-        channel = sql.Identifier(get_settings().db_settings.channel)
-        conn.execute(sql.SQL("LISTEN {}").format(channel))
-        yield conn
-    finally:
-        conn.close()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -38,16 +37,6 @@ def _other_connection_sees(entrypoint: str) -> int:
         return int(row[0])
 
 
-
-@pytest.fixture
-def listener() -> Iterator[psycopg.Connection[Any]]:
-    conn = worker_connect()
-    try:
-        channel = sql.Identifier(get_settings().db_settings.channel)
-        conn.execute(sql.SQL("LISTEN {}").format(channel))
-        yield conn
-    finally:
-        conn.close()
 
 
 def _notifications(conn: psycopg.Connection[Any], timeout: float) -> list[dict[str, Any]]:
